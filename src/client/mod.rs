@@ -1,0 +1,3 @@
+//! Client library: talk to `accelgated` over D-Bus.
+
+pub mod proxy;

@@ -1,0 +1,1 @@
+//! Simulated hardware. (Stub: replaced by the simulator work.)
