@@ -1,1 +1,167 @@
-//! The daemon `accelgated`.
+//! The daemon `accelgated`: owns raw device access and serves the D-Bus API.
+//!
+//! Start-up order: load and validate the policy, build the simulated tree when asked, open the
+//! state, connect to the bus, open the devices (map windows, restore VFs, repair what a crash
+//! left in flux), export the objects, confine the process, and only then take the bus name —
+//! so a client never sees a half-built service or an unconfined one.
+
+pub mod audit;
+pub mod authz;
+pub mod bus;
+pub mod caller;
+pub mod devices;
+pub mod hw;
+pub mod image;
+pub mod jobs;
+pub mod service;
+pub mod state;
+pub mod tenant;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::signal::unix::{signal, SignalKind};
+use zbus::fdo::RequestNameFlags;
+
+use crate::names::BUS_NAME;
+use crate::policy::RolePolicy;
+use crate::sim;
+
+use self::service::{error_chain, Daemon};
+
+/// Which bus to serve on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusChoice {
+    System,
+    Session,
+    Address(String),
+}
+
+impl std::str::FromStr for BusChoice {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "system" => BusChoice::System,
+            "session" => BusChoice::Session,
+            other => BusChoice::Address(other.to_owned()),
+        })
+    }
+}
+
+/// Everything `accelgated` is told on its command line.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Hardware root (`/` on a real host).
+    pub root: PathBuf,
+    /// Build a simulated host here and use it as the root.
+    pub simulate: Option<PathBuf>,
+    pub bus: BusChoice,
+    /// A policy file, or a directory with policy.toml and policy.d/.
+    pub policy: PathBuf,
+    pub state_dir: PathBuf,
+    /// Audit log file; default `<state_dir>/audit.jsonl`.
+    pub audit_log: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("policy is invalid")]
+    Policy(#[source] crate::policy::PolicyError),
+    #[error("cannot build the simulated host")]
+    Simulator(#[source] sim::SimError),
+    #[error("cannot open state")]
+    State(#[source] state::StateError),
+    #[error("cannot open the audit log")]
+    Audit(#[source] audit::AuditError),
+    #[error("cannot connect to the bus")]
+    Bus(#[source] zbus::Error),
+    #[error("cannot start the service")]
+    Service(#[source] service::ServiceError),
+    #[error("cannot own {BUS_NAME}: {0}")]
+    Name(String),
+    #[error("cannot install signal handlers")]
+    Signals(#[source] std::io::Error),
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(cfg: Config) -> Result<(), RunError> {
+    let policy = RolePolicy::load(&cfg.policy).map_err(RunError::Policy)?;
+    tracing::info!("policy {} loaded from {}", policy.revision, cfg.policy.display());
+
+    // The emulator plays the kernel; it must outlive the service.
+    let (root, _emulator) = match &cfg.simulate {
+        Some(dir) => {
+            sim::build(dir, &sim::SimSpec::standard()).map_err(RunError::Simulator)?;
+            let emulator = sim::Emulator::start(dir).map_err(RunError::Simulator)?;
+            tracing::info!("simulated hardware under {}", dir.display());
+            (dir.clone(), Some(emulator))
+        }
+        None => (cfg.root.clone(), None),
+    };
+
+    let state = state::StateStore::open(&cfg.state_dir).map_err(RunError::State)?;
+    let audit_path = cfg.audit_log.clone().unwrap_or_else(|| cfg.state_dir.join("audit.jsonl"));
+    let audit = audit::AuditLog::open(Some(&audit_path)).map_err(RunError::Audit)?;
+
+    let builder = match &cfg.bus {
+        BusChoice::System => zbus::connection::Builder::system(),
+        BusChoice::Session => zbus::connection::Builder::session(),
+        BusChoice::Address(a) => zbus::connection::Builder::address(a.as_str()),
+    };
+    let conn = builder.build().await.map_err(RunError::Bus)?;
+
+    let daemon = Daemon::new(conn.clone(), hw::HwRoot::new(root), cfg.policy.clone(), policy, state, audit, vec![])
+        .await
+        .map_err(RunError::Service)?;
+    bus::export_all(&daemon).await;
+
+    let reply = conn
+        .request_name_with_flags(BUS_NAME, RequestNameFlags::DO_NOT_QUEUE)
+        .await
+        .map_err(|e| RunError::Name(e.to_string()))?;
+    if reply != zbus::fdo::RequestNameReply::PrimaryOwner {
+        return Err(RunError::Name(format!("{reply:?}")));
+    }
+    notify_ready();
+    tracing::info!("serving {BUS_NAME}");
+
+    serve_signals(daemon).await
+}
+
+async fn serve_signals(daemon: Arc<Daemon>) -> Result<(), RunError> {
+    let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
+    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => match daemon.reload_policy().await {
+                Ok(()) => tracing::info!("SIGHUP: policy reloaded"),
+                Err(e) => tracing::error!("SIGHUP: policy not reloaded, the old one stays: {e}"),
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("stopping");
+    Ok(())
+}
+
+/// Tells systemd (Type=notify) or whoever set NOTIFY_SOCKET that the service is ready.
+fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => return tracing::warn!("sd_notify: {e}"),
+    };
+    let bytes = path.as_encoded_bytes();
+    let sent = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
+            .and_then(|addr| sock.send_to_addr(b"READY=1", &addr))
+    } else {
+        sock.send_to(b"READY=1", std::path::Path::new(&path))
+    };
+    if let Err(e) = sent {
+        tracing::warn!("sd_notify: {}", error_chain(&e));
+    }
+}

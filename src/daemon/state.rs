@@ -1,0 +1,202 @@
+//! Persistent daemon state: slice assignments, loaded image hashes, VF counts.
+//!
+//! One JSON file, replaced atomically (write a temp file, fsync, rename, fsync the directory), so
+//! a daemon killed at any moment restarts from either the old or the new state, never a mix. An
+//! update that cannot be persisted changes nothing in memory either.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::tenant::Tenant;
+
+const STATE_FILE: &str = "state.json";
+const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read state file {0}")]
+    Read(PathBuf, #[source] std::io::Error),
+    #[error("state file {0} is malformed; move it aside to start from empty state")]
+    Malformed(PathBuf, #[source] serde_json::Error),
+    #[error("state file {0} has version {1}, this daemon reads version {STATE_VERSION}")]
+    Version(PathBuf, u32),
+    #[error("cannot write state under {0}")]
+    Write(PathBuf, #[source] std::io::Error),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SliceState {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<Tenant>,
+    /// sha256 of the image loaded in the slice, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_sha256: Option<String>,
+    /// Set while an image is being loaded or unloaded: after a crash the content is unknown
+    /// and the slice is blanked before anyone uses it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub image_in_flux: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceState {
+    /// The VF count an operator asked for; restored on start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_vfs: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub personality_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub personality_in_flux: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersistentState {
+    pub version: u32,
+    /// Keyed by `device/slice`.
+    #[serde(default)]
+    pub slices: BTreeMap<String, SliceState>,
+    #[serde(default)]
+    pub devices: BTreeMap<String, DeviceState>,
+}
+
+impl Default for PersistentState {
+    fn default() -> Self {
+        PersistentState { version: STATE_VERSION, slices: BTreeMap::new(), devices: BTreeMap::new() }
+    }
+}
+
+impl PersistentState {
+    pub fn slice(&self, device: &str, slice: &str) -> SliceState {
+        self.slices.get(&slice_key(device, slice)).cloned().unwrap_or_default()
+    }
+
+    pub fn slice_mut(&mut self, device: &str, slice: &str) -> &mut SliceState {
+        self.slices.entry(slice_key(device, slice)).or_default()
+    }
+
+    pub fn device(&self, device: &str) -> DeviceState {
+        self.devices.get(device).cloned().unwrap_or_default()
+    }
+
+    pub fn device_mut(&mut self, device: &str) -> &mut DeviceState {
+        self.devices.entry(device.to_owned()).or_default()
+    }
+
+    /// Drops entries that carry nothing, so the file only lists what matters.
+    fn compact(&mut self) {
+        self.slices.retain(|_, s| *s != SliceState::default());
+        self.devices.retain(|_, d| *d != DeviceState::default());
+    }
+}
+
+pub fn slice_key(device: &str, slice: &str) -> String {
+    format!("{device}/{slice}")
+}
+
+/// The state and the directory it lives in.
+pub struct StateStore {
+    dir: PathBuf,
+    current: PersistentState,
+}
+
+impl StateStore {
+    /// Opens the state under `dir` (created if missing); no file means empty state.
+    pub fn open(dir: &Path) -> Result<StateStore, StateError> {
+        fs::create_dir_all(dir).map_err(|e| StateError::Write(dir.to_owned(), e))?;
+        let path = dir.join(STATE_FILE);
+        let current = match fs::read(&path) {
+            Ok(bytes) => {
+                let state: PersistentState =
+                    serde_json::from_slice(&bytes).map_err(|e| StateError::Malformed(path.clone(), e))?;
+                if state.version != STATE_VERSION {
+                    return Err(StateError::Version(path, state.version));
+                }
+                state
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => PersistentState::default(),
+            Err(e) => return Err(StateError::Read(path, e)),
+        };
+        Ok(StateStore { dir: dir.to_owned(), current })
+    }
+
+    pub fn get(&self) -> &PersistentState {
+        &self.current
+    }
+
+    /// Applies `change` to a copy, persists the copy, and only then makes it current.
+    pub fn update<R>(&mut self, change: impl FnOnce(&mut PersistentState) -> R) -> Result<R, StateError> {
+        let mut next = self.current.clone();
+        let result = change(&mut next);
+        next.compact();
+        if next != self.current {
+            self.persist(&next)?;
+            self.current = next;
+        }
+        Ok(result)
+    }
+
+    fn persist(&self, state: &PersistentState) -> Result<(), StateError> {
+        let err = |e| StateError::Write(self.dir.clone(), e);
+        let bytes = serde_json::to_vec_pretty(state).map_err(|e| err(std::io::Error::other(e)))?;
+        let tmp = self.dir.join(format!(".{STATE_FILE}.tmp"));
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(err)?;
+        f.write_all(&bytes).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        drop(f);
+        fs::rename(&tmp, self.dir.join(STATE_FILE)).map_err(err)?;
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(err)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("accelgate-state-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn update_persists_and_reopens() {
+        let dir = temp_dir("reopen");
+        let mut store = StateStore::open(&dir).unwrap();
+        store
+            .update(|s| s.slice_mut("fpga0", "region0").tenant = Some(Tenant::User { uid: 5, name: "e".into() }))
+            .unwrap();
+        store.update(|s| s.device_mut("nic0").num_vfs = Some(3)).unwrap();
+        let again = StateStore::open(&dir).unwrap();
+        assert_eq!(again.get(), store.get());
+        assert_eq!(again.get().device("nic0").num_vfs, Some(3));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn malformed_file_is_refused_not_overwritten() {
+        let dir = temp_dir("malformed");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(STATE_FILE), b"{not json").unwrap();
+        assert!(matches!(StateStore::open(&dir), Err(StateError::Malformed(..))));
+        assert_eq!(fs::read(dir.join(STATE_FILE)).unwrap(), b"{not json");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn failed_persist_keeps_memory_unchanged() {
+        let dir = temp_dir("fail");
+        let mut store = StateStore::open(&dir).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        let r = store.update(|s| s.device_mut("nic0").num_vfs = Some(1));
+        assert!(r.is_err());
+        assert_eq!(store.get(), &PersistentState::default());
+    }
+}
