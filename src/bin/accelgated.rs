@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use accelgate::daemon::{run, BusChoice, Config};
 use accelgate::daemon::service::error_chain;
+use accelgate::daemon::{run, BusChoice, Config};
 use clap::Parser;
 
 /// Share PCI accelerators between tenants: serves org.accelgate.Accel1 on D-Bus.
@@ -35,7 +35,8 @@ struct Args {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ACCELGATE_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("ACCELGATE_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -48,7 +49,11 @@ fn main() -> ExitCode {
         state_dir: args.state_dir,
         audit_log: args.audit_log,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("accelgated: cannot start the runtime: {e}");

@@ -58,12 +58,20 @@ impl AuditLog {
             )),
             None => None,
         };
-        Ok(AuditLog { file, ring: Mutex::new(VecDeque::with_capacity(RING_SIZE)) })
+        Ok(AuditLog {
+            file,
+            ring: Mutex::new(VecDeque::with_capacity(RING_SIZE)),
+        })
     }
 
     pub fn record(&self, mut rec: AuditRecord<'_>) {
-        rec.time = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
-        let Ok(line) = serde_json::to_string(&rec) else { return };
+        rec.time = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let Ok(line) = serde_json::to_string(&rec) else {
+            return;
+        };
         if rec.decision == "deny" {
             tracing::info!(target: "audit", "{line}");
         } else {
@@ -86,6 +94,9 @@ impl AuditLog {
     /// The newest `max` records, oldest first.
     pub fn recent(&self, max: usize) -> Vec<String> {
         let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
-        ring.iter().skip(ring.len().saturating_sub(max)).cloned().collect()
+        ring.iter()
+            .skip(ring.len().saturating_sub(max))
+            .cloned()
+            .collect()
     }
 }

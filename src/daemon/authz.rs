@@ -30,22 +30,69 @@ pub enum MethodGate {
 /// interface and member of the message it handles; a method missing from the table is denied.
 pub const METHOD_TABLE: &[(&str, &str, MethodGate)] = &[
     (MANAGER_INTERFACE, "WhoAmI", MethodGate::Identity),
-    (MANAGER_INTERFACE, "ReloadPolicy", MethodGate::Operation(Operation::PolicyReload)),
-    (MANAGER_INTERFACE, "AuditLog", MethodGate::Operation(Operation::PolicyReload)),
-    (DEVICE_INTERFACE, "SetVfCount", MethodGate::Operation(Operation::DeviceConfigure)),
-    (DEVICE_INTERFACE, "Configure", MethodGate::Operation(Operation::DeviceConfigure)),
-    (DEVICE_INTERFACE, "Flash", MethodGate::Operation(Operation::DeviceFlash)),
-    (SLICE_INTERFACE, "Read", MethodGate::Operation(Operation::SliceRead)),
-    (SLICE_INTERFACE, "Write", MethodGate::Operation(Operation::SliceWrite)),
-    (SLICE_INTERFACE, "Map", MethodGate::Operation(Operation::SliceMap)),
-    (SLICE_INTERFACE, "Program", MethodGate::Operation(Operation::SliceProgram)),
-    (SLICE_INTERFACE, "Assign", MethodGate::Operation(Operation::SliceAssign)),
-    (SLICE_INTERFACE, "Release", MethodGate::Operation(Operation::SliceAssign)),
+    (
+        MANAGER_INTERFACE,
+        "ReloadPolicy",
+        MethodGate::Operation(Operation::PolicyReload),
+    ),
+    (
+        MANAGER_INTERFACE,
+        "AuditLog",
+        MethodGate::Operation(Operation::PolicyReload),
+    ),
+    (
+        DEVICE_INTERFACE,
+        "SetVfCount",
+        MethodGate::Operation(Operation::DeviceConfigure),
+    ),
+    (
+        DEVICE_INTERFACE,
+        "Configure",
+        MethodGate::Operation(Operation::DeviceConfigure),
+    ),
+    (
+        DEVICE_INTERFACE,
+        "Flash",
+        MethodGate::Operation(Operation::DeviceFlash),
+    ),
+    (
+        SLICE_INTERFACE,
+        "Read",
+        MethodGate::Operation(Operation::SliceRead),
+    ),
+    (
+        SLICE_INTERFACE,
+        "Write",
+        MethodGate::Operation(Operation::SliceWrite),
+    ),
+    (
+        SLICE_INTERFACE,
+        "Map",
+        MethodGate::Operation(Operation::SliceMap),
+    ),
+    (
+        SLICE_INTERFACE,
+        "Program",
+        MethodGate::Operation(Operation::SliceProgram),
+    ),
+    (
+        SLICE_INTERFACE,
+        "Assign",
+        MethodGate::Operation(Operation::SliceAssign),
+    ),
+    (
+        SLICE_INTERFACE,
+        "Release",
+        MethodGate::Operation(Operation::SliceAssign),
+    ),
     (JOB_INTERFACE, "Cancel", MethodGate::JobOperation),
 ];
 
 pub fn method_gate(interface: &str, member: &str) -> Option<MethodGate> {
-    METHOD_TABLE.iter().find(|(i, m, _)| *i == interface && *m == member).map(|(_, _, g)| *g)
+    METHOD_TABLE
+        .iter()
+        .find(|(i, m, _)| *i == interface && *m == member)
+        .map(|(_, _, g)| *g)
 }
 
 /// What a request is aimed at.
@@ -125,7 +172,12 @@ pub fn caller_effective_caps(caller: &Caller) -> Result<u64, CapsError> {
     if before != after {
         return Err(CapsError::Changed);
     }
-    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
     let uids: Vec<u32> = field("Uid:")
         .ok_or(CapsError::Malformed)?
         .split_whitespace()
@@ -134,12 +186,19 @@ pub fn caller_effective_caps(caller: &Caller) -> Result<u64, CapsError> {
     if uids.first() != Some(&caller.uid) {
         return Err(CapsError::Changed);
     }
-    let eff = u64::from_str_radix(field("CapEff:").ok_or(CapsError::Malformed)?, 16).map_err(|_| CapsError::Malformed)?;
+    let eff = u64::from_str_radix(field("CapEff:").ok_or(CapsError::Malformed)?, 16)
+        .map_err(|_| CapsError::Malformed)?;
     if let Some(pidfd) = &caller.process_fd {
         // SAFETY: pidfd_send_signal with signal 0 only checks that the process behind the
         // pidfd is alive; it takes a valid fd we own, a null siginfo and no flags.
         let rc = unsafe {
-            nix::libc::syscall(nix::libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), 0, std::ptr::null::<u8>(), 0)
+            nix::libc::syscall(
+                nix::libc::SYS_pidfd_send_signal,
+                pidfd.as_raw_fd(),
+                0,
+                std::ptr::null::<u8>(),
+                0,
+            )
         };
         if rc != 0 {
             return Err(CapsError::Changed);
@@ -153,7 +212,10 @@ fn start_time(pid: u32) -> Result<u64, CapsError> {
     // The command name may contain spaces and parentheses: fields start after the last ')'.
     let rest = stat.rsplit_once(')').ok_or(CapsError::Malformed)?.1;
     // starttime is field 22 of stat; field 3 is the first after the command name.
-    rest.split_whitespace().nth(22 - 3).and_then(|s| s.parse().ok()).ok_or(CapsError::Malformed)
+    rest.split_whitespace()
+        .nth(22 - 3)
+        .and_then(|s| s.parse().ok())
+        .ok_or(CapsError::Malformed)
 }
 
 /// Whether the mask holds every capability in `needed`.
@@ -168,9 +230,14 @@ mod tests {
     #[test]
     fn every_table_entry_is_unique() {
         for (i, (iface, member, _)) in METHOD_TABLE.iter().enumerate() {
-            assert!(!METHOD_TABLE[i + 1..].iter().any(|(i2, m2, _)| i2 == iface && m2 == member));
+            assert!(!METHOD_TABLE[i + 1..]
+                .iter()
+                .any(|(i2, m2, _)| i2 == iface && m2 == member));
         }
-        assert_eq!(method_gate(SLICE_INTERFACE, "Write"), Some(MethodGate::Operation(Operation::SliceWrite)));
+        assert_eq!(
+            method_gate(SLICE_INTERFACE, "Write"),
+            Some(MethodGate::Operation(Operation::SliceWrite))
+        );
         assert_eq!(method_gate(SLICE_INTERFACE, "Erase"), None);
     }
 
@@ -185,8 +252,17 @@ mod tests {
         };
         let eff = caller_effective_caps(&me).unwrap();
         let mine = caps::read(None, caps::CapSet::Effective).unwrap();
-        assert_eq!(holds_all(eff, &[caps::Capability::CAP_IPC_LOCK]), mine.contains(&caps::Capability::CAP_IPC_LOCK));
-        let other = Caller { uid: me.uid + 1, ..me };
-        assert!(matches!(caller_effective_caps(&other), Err(CapsError::Changed)));
+        assert_eq!(
+            holds_all(eff, &[caps::Capability::CAP_IPC_LOCK]),
+            mine.contains(&caps::Capability::CAP_IPC_LOCK)
+        );
+        let other = Caller {
+            uid: me.uid + 1,
+            ..me
+        };
+        assert!(matches!(
+            caller_effective_caps(&other),
+            Err(CapsError::Changed)
+        ));
     }
 }

@@ -25,7 +25,10 @@ pub struct ManagerObject {
 impl ManagerObject {
     /// The caller as the daemon sees it: uid, roles, and the operations they grant.
     #[zbus(name = "WhoAmI", out_args("uid", "roles", "operations"))]
-    async fn who_am_i(&self, #[zbus(header)] hdr: Header<'_>) -> Result<(u32, Vec<String>, Vec<String>), AccelError> {
+    async fn who_am_i(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+    ) -> Result<(u32, Vec<String>, Vec<String>), AccelError> {
         self.daemon.who_am_i(&hdr).await
     }
 
@@ -43,7 +46,11 @@ impl ManagerObject {
     }
 
     /// The newest `max` audit records, oldest first, one JSON object per string.
-    async fn audit_log(&self, #[zbus(header)] hdr: Header<'_>, max: u32) -> Result<Vec<String>, AccelError> {
+    async fn audit_log(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        max: u32,
+    ) -> Result<Vec<String>, AccelError> {
         self.daemon.authorize(&hdr, Target::Manager).await?;
         Ok(self.daemon.audit.recent(max as usize))
     }
@@ -60,7 +67,11 @@ impl ManagerObject {
 
     #[zbus(property)]
     fn devices(&self) -> Vec<OwnedObjectPath> {
-        self.daemon.devices().keys().filter_map(|d| OwnedObjectPath::try_from(device_path(d)).ok()).collect()
+        self.daemon
+            .devices()
+            .keys()
+            .filter_map(|d| OwnedObjectPath::try_from(device_path(d)).ok())
+            .collect()
     }
 }
 
@@ -75,7 +86,9 @@ impl DeviceObject {
     }
 
     fn dev(&self) -> fdo::Result<Arc<super::devices::DeviceRt>> {
-        self.daemon.device(&self.id).map_err(|e| fdo::Error::UnknownObject(e.message()))
+        self.daemon
+            .device(&self.id)
+            .map_err(|e| fdo::Error::UnknownObject(e.message()))
     }
 }
 
@@ -104,7 +117,9 @@ impl DeviceObject {
     ) -> Result<OwnedObjectPath, AccelError> {
         check_option_keys(&options, &["force"])?;
         let force = option_bool(&options, "force")?;
-        self.daemon.configure(&hdr, self.target(), image.into(), force).await
+        self.daemon
+            .configure(&hdr, self.target(), image.into(), force)
+            .await
     }
 
     /// Writes firmware to flash. options: signature (ay). Returns the job.
@@ -167,18 +182,32 @@ impl DeviceObject {
 
     #[zbus(property)]
     fn firmware_locked(&self) -> fdo::Result<bool> {
-        Ok(self.dev()?.policy.firmware.as_ref().is_some_and(|f| f.locked))
+        Ok(self
+            .dev()?
+            .policy
+            .firmware
+            .as_ref()
+            .is_some_and(|f| f.locked))
     }
 
     #[zbus(property)]
     fn personality_sha256(&self) -> String {
-        self.daemon.state().get().device(&self.id).personality_sha256.unwrap_or_default()
+        self.daemon
+            .state()
+            .get()
+            .device(&self.id)
+            .personality_sha256
+            .unwrap_or_default()
     }
 
     #[zbus(property)]
     fn slices(&self) -> fdo::Result<Vec<OwnedObjectPath>> {
         let dev = self.dev()?;
-        Ok(dev.slice_ids().iter().filter_map(|s| OwnedObjectPath::try_from(slice_path(&self.id, s)).ok()).collect())
+        Ok(dev
+            .slice_ids()
+            .iter()
+            .filter_map(|s| OwnedObjectPath::try_from(slice_path(&self.id, s)).ok())
+            .collect())
     }
 }
 
@@ -198,7 +227,9 @@ impl SliceObject {
             .device(&self.device)
             .ok()
             .and_then(|d| d.slice(&self.id))
-            .ok_or_else(|| fdo::Error::UnknownObject(format!("no slice {}/{}", self.device, self.id)))
+            .ok_or_else(|| {
+                fdo::Error::UnknownObject(format!("no slice {}/{}", self.device, self.id))
+            })
     }
 }
 
@@ -275,7 +306,8 @@ impl SliceObject {
 
     #[zbus(property(emits_changed_signal = "const"))]
     fn device(&self) -> OwnedObjectPath {
-        OwnedObjectPath::try_from(device_path(&self.device)).unwrap_or_else(|_| OwnedObjectPath::default())
+        OwnedObjectPath::try_from(device_path(&self.device))
+            .unwrap_or_else(|_| OwnedObjectPath::default())
     }
 
     #[zbus(property)]
@@ -301,12 +333,23 @@ impl SliceObject {
 
     #[zbus(property)]
     fn tenant(&self) -> String {
-        self.daemon.state().get().slice(&self.device, &self.id).tenant.map(|t| t.to_string()).unwrap_or_default()
+        self.daemon
+            .state()
+            .get()
+            .slice(&self.device, &self.id)
+            .tenant
+            .map(|t| t.to_string())
+            .unwrap_or_default()
     }
 
     #[zbus(property)]
     fn image_sha256(&self) -> String {
-        self.daemon.state().get().slice(&self.device, &self.id).image_sha256.unwrap_or_default()
+        self.daemon
+            .state()
+            .get()
+            .slice(&self.device, &self.id)
+            .image_sha256
+            .unwrap_or_default()
     }
 }
 
@@ -314,7 +357,14 @@ impl SliceObject {
 /// off those that no longer exist. Safe to call again after any change of the model.
 pub async fn export_all(daemon: &Arc<Daemon>) {
     let server = daemon.conn.object_server();
-    let _ = server.at(ROOT_PATH, ManagerObject { daemon: daemon.clone() }).await;
+    let _ = server
+        .at(
+            ROOT_PATH,
+            ManagerObject {
+                daemon: daemon.clone(),
+            },
+        )
+        .await;
     let mut wanted = BTreeSet::new();
     for (d, dev) in daemon.devices() {
         wanted.insert(device_path(&d));
@@ -332,10 +382,23 @@ pub async fn export_all(daemon: &Arc<Daemon>) {
     }
     for path in wanted.difference(&exported) {
         let result = if let Some((d, s)) = crate::names::parse_slice_path(path) {
-            let obj = SliceObject { daemon: daemon.clone(), device: d.to_owned(), id: s.to_owned() };
+            let obj = SliceObject {
+                daemon: daemon.clone(),
+                device: d.to_owned(),
+                id: s.to_owned(),
+            };
             server.at(path.as_str(), obj).await.map(|_| ())
         } else if let Some(d) = crate::names::parse_device_path(path) {
-            server.at(path.as_str(), DeviceObject { daemon: daemon.clone(), id: d.to_owned() }).await.map(|_| ())
+            server
+                .at(
+                    path.as_str(),
+                    DeviceObject {
+                        daemon: daemon.clone(),
+                        id: d.to_owned(),
+                    },
+                )
+                .await
+                .map(|_| ())
         } else {
             Ok(())
         };
@@ -350,7 +413,11 @@ pub async fn export_all(daemon: &Arc<Daemon>) {
 
 /// Announces a change of a slice's Tenant and ImageSha256.
 pub async fn slice_changed(conn: &Connection, d: &str, s: &str) {
-    if let Ok(iface) = conn.object_server().interface::<_, SliceObject>(slice_path(d, s)).await {
+    if let Ok(iface) = conn
+        .object_server()
+        .interface::<_, SliceObject>(slice_path(d, s))
+        .await
+    {
         let obj = iface.get().await;
         let _ = obj.tenant_changed(iface.signal_emitter()).await;
         let _ = obj.image_sha256_changed(iface.signal_emitter()).await;
@@ -359,7 +426,11 @@ pub async fn slice_changed(conn: &Connection, d: &str, s: &str) {
 
 /// Announces a change of a device's NumVfs, Slices and PersonalitySha256.
 pub async fn device_changed(conn: &Connection, d: &str) {
-    if let Ok(iface) = conn.object_server().interface::<_, DeviceObject>(device_path(d)).await {
+    if let Ok(iface) = conn
+        .object_server()
+        .interface::<_, DeviceObject>(device_path(d))
+        .await
+    {
         let obj = iface.get().await;
         let _ = obj.num_vfs_changed(iface.signal_emitter()).await;
         let _ = obj.slices_changed(iface.signal_emitter()).await;
@@ -377,11 +448,17 @@ pub async fn vf_slices_changed(daemon: &Daemon, d: &str, added: &[String], remov
         exported.remove(&path);
     }
     // Objects need an Arc<Daemon>; the device objects hold one.
-    let Ok(dev_iface) = server.interface::<_, DeviceObject>(device_path(d)).await else { return };
+    let Ok(dev_iface) = server.interface::<_, DeviceObject>(device_path(d)).await else {
+        return;
+    };
     let daemon_arc = dev_iface.get().await.daemon.clone();
     for s in added {
         let path = slice_path(d, s);
-        let obj = SliceObject { daemon: daemon_arc.clone(), device: d.to_owned(), id: s.clone() };
+        let obj = SliceObject {
+            daemon: daemon_arc.clone(),
+            device: d.to_owned(),
+            id: s.clone(),
+        };
         if server.at(path.as_str(), obj).await.is_ok() {
             exported.insert(path);
         }

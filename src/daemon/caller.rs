@@ -47,7 +47,10 @@ pub struct CallerCache {
 impl CallerCache {
     pub async fn new(conn: &Connection) -> zbus::Result<Arc<CallerCache>> {
         let dbus = DBusProxy::new(conn).await?;
-        let cache = Arc::new(CallerCache { dbus: dbus.clone(), known: Mutex::new(HashMap::new()) });
+        let cache = Arc::new(CallerCache {
+            dbus: dbus.clone(),
+            known: Mutex::new(HashMap::new()),
+        });
         // Forget callers as they leave the bus.
         let mut stream = dbus.receive_name_owner_changed().await?;
         let weak = Arc::downgrade(&cache);
@@ -66,7 +69,10 @@ impl CallerCache {
     }
 
     /// The caller behind `sender`, from the cache or the bus.
-    pub async fn resolve(&self, sender: Option<&UniqueName<'_>>) -> Result<Arc<Caller>, CallerError> {
+    pub async fn resolve(
+        &self,
+        sender: Option<&UniqueName<'_>>,
+    ) -> Result<Arc<Caller>, CallerError> {
         let sender = sender.ok_or(CallerError::NoSender)?;
         if let Some(c) = self.lock().get(sender.as_str()) {
             return Ok(c.clone());
@@ -77,10 +83,19 @@ impl CallerCache {
             .await
             .map_err(CallerError::Credentials)?;
         let uid = creds.unix_user_id().ok_or(CallerError::Missing("uid"))?;
-        let gids = creds.unix_group_ids().ok_or(CallerError::Missing("groups"))?.to_vec();
+        let gids = creds
+            .unix_group_ids()
+            .ok_or(CallerError::Missing("groups"))?
+            .to_vec();
         let pid = creds.process_id();
         let process_fd = creds.into_process_fd().map(OwnedFd::from);
-        let caller = Arc::new(Caller { sender: sender.to_string(), uid, gids, pid, process_fd });
+        let caller = Arc::new(Caller {
+            sender: sender.to_string(),
+            uid,
+            gids,
+            pid,
+            process_fd,
+        });
         let mut known = self.lock();
         if known.len() >= MAX_CACHED {
             known.clear();

@@ -15,13 +15,32 @@ use super::hw::{HwRoot, PciFunction, SliceWindow, Sriov};
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
     #[error("device {device}: PCI function {pci} is not usable")]
-    Pci { device: String, pci: String, #[source] source: super::hw::PciError },
+    Pci {
+        device: String,
+        pci: String,
+        #[source]
+        source: super::hw::PciError,
+    },
     #[error("device {device}: SR-IOV is not usable")]
-    Sriov { device: String, #[source] source: super::hw::SriovError },
+    Sriov {
+        device: String,
+        #[source]
+        source: super::hw::SriovError,
+    },
     #[error("slice {device}/{slice}: BAR {bar} is not a memory BAR")]
-    NotMemoryBar { device: String, slice: String, bar: u8 },
+    NotMemoryBar {
+        device: String,
+        slice: String,
+        bar: u8,
+    },
     #[error("slice {device}/{slice}: window does not fit BAR {bar}")]
-    Window { device: String, slice: String, bar: u8, #[source] source: super::hw::WindowError },
+    Window {
+        device: String,
+        slice: String,
+        bar: u8,
+        #[source]
+        source: super::hw::WindowError,
+    },
 }
 
 /// A device as the daemon serves it.
@@ -77,12 +96,16 @@ impl DeviceRt {
         })?;
         let mut slices = BTreeMap::new();
         for sp in &policy.slices {
-            slices.insert(sp.id.clone(), Arc::new(open_declared_slice(&policy.id, &pci, sp)?));
+            slices.insert(
+                sp.id.clone(),
+                Arc::new(open_declared_slice(&policy.id, &pci, sp)?),
+            );
         }
         let sriov = match &policy.vfs {
-            Some(_) => Some(
-                Sriov::new(&pci).map_err(|source| DeviceError::Sriov { device: policy.id.clone(), source })?,
-            ),
+            Some(_) => Some(Sriov::new(&pci).map_err(|source| DeviceError::Sriov {
+                device: policy.id.clone(),
+                source,
+            })?),
             None => None,
         };
         let dev = DeviceRt {
@@ -110,12 +133,19 @@ impl DeviceRt {
 
     /// Current VF count of the hardware (0 without SR-IOV).
     pub fn num_vfs(&self) -> u32 {
-        self.sriov.as_ref().and_then(|s| s.num_vfs().ok()).unwrap_or(0)
+        self.sriov
+            .as_ref()
+            .and_then(|s| s.num_vfs().ok())
+            .unwrap_or(0)
     }
 
     /// VFs the policy lets the daemon create: the smaller of the policy's max and the hardware's.
     pub fn max_vfs(&self) -> u32 {
-        let hw = self.sriov.as_ref().and_then(|s| s.total_vfs().ok()).unwrap_or(0);
+        let hw = self
+            .sriov
+            .as_ref()
+            .and_then(|s| s.total_vfs().ok())
+            .unwrap_or(0);
         self.policy.vfs.as_ref().map_or(0, |v| v.max.min(hw))
     }
 
@@ -125,7 +155,10 @@ impl DeviceRt {
         let (Some(sriov), Some(vfp)) = (&self.sriov, &self.policy.vfs) else {
             return Ok((vec![], vec![]));
         };
-        let err = |source| DeviceError::Sriov { device: self.policy.id.clone(), source };
+        let err = |source| DeviceError::Sriov {
+            device: self.policy.id.clone(),
+            source,
+        };
         let present = sriov.num_vfs().map_err(err)?.min(vfp.max);
         let mut slices = self.slices.write().unwrap_or_else(|p| p.into_inner());
         let mut removed = vec![];
@@ -149,11 +182,13 @@ impl DeviceRt {
                 source,
             })?;
             let resource = vf.resource_path(vfp.bar);
-            let window = SliceWindow::open(&resource, 0, bar.size).map_err(|source| DeviceError::Window {
-                device: self.policy.id.clone(),
-                slice: id.clone(),
-                bar: vfp.bar,
-                source,
+            let window = SliceWindow::open(&resource, 0, bar.size).map_err(|source| {
+                DeviceError::Window {
+                    device: self.policy.id.clone(),
+                    slice: id.clone(),
+                    bar: vfp.bar,
+                    source,
+                }
             })?;
             let writable = vfp.writable.clone().unwrap_or_else(|| vec![(0, bar.size)]);
             slices.insert(
@@ -174,18 +209,32 @@ impl DeviceRt {
     }
 }
 
-fn open_declared_slice(device: &str, pci: &PciFunction, sp: &SlicePolicy) -> Result<SliceRt, DeviceError> {
+fn open_declared_slice(
+    device: &str,
+    pci: &PciFunction,
+    sp: &SlicePolicy,
+) -> Result<SliceRt, DeviceError> {
     let bar = pci.bar(sp.bar).map_err(|source| DeviceError::Pci {
         device: device.to_owned(),
         pci: pci.bdf.clone(),
         source,
     })?;
     if !bar.is_memory {
-        return Err(DeviceError::NotMemoryBar { device: device.to_owned(), slice: sp.id.clone(), bar: sp.bar });
+        return Err(DeviceError::NotMemoryBar {
+            device: device.to_owned(),
+            slice: sp.id.clone(),
+            bar: sp.bar,
+        });
     }
-    let window = SliceWindow::open(&pci.resource_path(sp.bar), sp.offset, sp.size).map_err(|source| {
-        DeviceError::Window { device: device.to_owned(), slice: sp.id.clone(), bar: sp.bar, source }
-    })?;
+    let window =
+        SliceWindow::open(&pci.resource_path(sp.bar), sp.offset, sp.size).map_err(|source| {
+            DeviceError::Window {
+                device: device.to_owned(),
+                slice: sp.id.clone(),
+                bar: sp.bar,
+                source,
+            }
+        })?;
     Ok(SliceRt {
         id: sp.id.clone(),
         kind: sp.kind,

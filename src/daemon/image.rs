@@ -96,10 +96,12 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// Lowercase hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 fn file_kind_name(kind: SFlag) -> &'static str {
@@ -120,7 +122,11 @@ mod tests {
     use std::io::Write;
 
     fn temp_file(bytes: &[u8]) -> (std::path::PathBuf, std::fs::File) {
-        let path = std::env::temp_dir().join(format!("accelgate-image-{}-{}", std::process::id(), bytes.len()));
+        let path = std::env::temp_dir().join(format!(
+            "accelgate-image-{}-{}",
+            std::process::id(),
+            bytes.len()
+        ));
         let mut f = std::fs::File::create(&path).unwrap();
         f.write_all(bytes).unwrap();
         (path.clone(), std::fs::File::open(&path).unwrap())
@@ -131,26 +137,41 @@ mod tests {
         let (path, f) = temp_file(b"abc");
         let img = read_image(&OwnedFd::from(f), 16).unwrap();
         assert_eq!(img.bytes, b"abc");
-        assert_eq!(img.sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            img.sha256,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         std::fs::remove_file(path).unwrap();
     }
 
     #[test]
     fn refuses_over_limit_and_empty() {
         let (path, f) = temp_file(&[7u8; 100]);
-        assert!(matches!(read_image(&OwnedFd::from(f), 99), Err(ImageError::TooLarge { limit: 99 })));
+        assert!(matches!(
+            read_image(&OwnedFd::from(f), 99),
+            Err(ImageError::TooLarge { limit: 99 })
+        ));
         std::fs::remove_file(path).unwrap();
         let (path, f) = temp_file(b"");
-        assert!(matches!(read_image(&OwnedFd::from(f), 99), Err(ImageError::Empty)));
+        assert!(matches!(
+            read_image(&OwnedFd::from(f), 99),
+            Err(ImageError::Empty)
+        ));
         std::fs::remove_file(path).unwrap();
     }
 
     #[test]
     fn refuses_directory_and_fifo() {
         let dir = std::fs::File::open(std::env::temp_dir()).unwrap();
-        assert!(matches!(read_image(&OwnedFd::from(dir), 99), Err(ImageError::NotRegularFile("a directory"))));
+        assert!(matches!(
+            read_image(&OwnedFd::from(dir), 99),
+            Err(ImageError::NotRegularFile("a directory"))
+        ));
         let (r, _w) = nix::unistd::pipe().unwrap();
-        assert!(matches!(read_image(&r, 99), Err(ImageError::NotRegularFile("a FIFO"))));
+        assert!(matches!(
+            read_image(&r, 99),
+            Err(ImageError::NotRegularFile("a FIFO"))
+        ));
     }
 
     #[test]
@@ -159,7 +180,10 @@ mod tests {
         let fd = memfd_create("t", MFdFlags::MFD_ALLOW_SEALING | MFdFlags::MFD_CLOEXEC).unwrap();
         nix::unistd::write(&fd, b"img").unwrap();
         assert!(matches!(read_image(&fd, 99), Err(ImageError::Unsealed)));
-        let seals = SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+        let seals = SealFlag::F_SEAL_WRITE
+            | SealFlag::F_SEAL_SHRINK
+            | SealFlag::F_SEAL_GROW
+            | SealFlag::F_SEAL_SEAL;
         fcntl(fd.as_fd(), FcntlArg::F_ADD_SEALS(seals)).unwrap();
         assert_eq!(read_image(&fd, 99).unwrap().bytes, b"img");
     }

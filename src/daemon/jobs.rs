@@ -72,17 +72,26 @@ pub struct JobObject {
 impl JobObject {
     /// Asks the job to stop. Allowed to whoever may start the job's operation on its target.
     async fn cancel(&self, #[zbus(header)] hdr: Header<'_>) -> Result<(), AccelError> {
-        let daemon = self.daemon.upgrade().ok_or_else(|| AccelError::Failed("daemon is stopping".into()))?;
+        let daemon = self
+            .daemon
+            .upgrade()
+            .ok_or_else(|| AccelError::Failed("daemon is stopping".into()))?;
         daemon.authorize_job_cancel(&hdr, &self.shared).await?;
         if self.shared.status().state != JobState::Running {
-            return Err(AccelError::InvalidArgument("the job has already finished".into()));
+            return Err(AccelError::InvalidArgument(
+                "the job has already finished".into(),
+            ));
         }
         self.shared.cancel.store(true, Ordering::SeqCst);
         Ok(())
     }
 
     #[zbus(signal)]
-    async fn completed(emitter: &SignalEmitter<'_>, success: bool, message: &str) -> zbus::Result<()>;
+    async fn completed(
+        emitter: &SignalEmitter<'_>,
+        success: bool,
+        message: &str,
+    ) -> zbus::Result<()>;
 
     #[zbus(property(emits_changed_signal = "const"))]
     fn operation(&self) -> String {
@@ -123,7 +132,10 @@ pub struct Jobs {
 
 impl Jobs {
     pub fn new(conn: Connection) -> Jobs {
-        Jobs { conn, next: AtomicU64::new(1) }
+        Jobs {
+            conn,
+            next: AtomicU64::new(1),
+        }
     }
 
     /// Puts a new running job on the bus.
@@ -136,18 +148,34 @@ impl Jobs {
         started_by_uid: u32,
     ) -> Result<JobHandle, AccelError> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let path = OwnedObjectPath::try_from(job_path(n)).map_err(|e| AccelError::Failed(e.to_string()))?;
+        let path = OwnedObjectPath::try_from(job_path(n))
+            .map_err(|e| AccelError::Failed(e.to_string()))?;
         let shared = Arc::new(JobShared {
             operation,
             target,
             target_path,
             started_by_uid,
             cancel: Arc::new(AtomicBool::new(false)),
-            status: Mutex::new(JobStatus { progress: 0.0, state: JobState::Running, message: String::new() }),
+            status: Mutex::new(JobStatus {
+                progress: 0.0,
+                state: JobState::Running,
+                message: String::new(),
+            }),
         });
-        let object = JobObject { shared: shared.clone(), daemon: Arc::downgrade(daemon) };
-        self.conn.object_server().at(&path, object).await.map_err(|e| AccelError::Failed(e.to_string()))?;
-        Ok(JobHandle { conn: self.conn.clone(), path, shared })
+        let object = JobObject {
+            shared: shared.clone(),
+            daemon: Arc::downgrade(daemon),
+        };
+        self.conn
+            .object_server()
+            .at(&path, object)
+            .await
+            .map_err(|e| AccelError::Failed(e.to_string()))?;
+        Ok(JobHandle {
+            conn: self.conn.clone(),
+            path,
+            shared,
+        })
     }
 }
 
@@ -172,8 +200,17 @@ impl JobHandle {
             }
             st.progress = progress;
         }
-        if let Ok(iface) = self.conn.object_server().interface::<_, JobObject>(&self.path).await {
-            let _ = iface.get().await.progress_changed(iface.signal_emitter()).await;
+        if let Ok(iface) = self
+            .conn
+            .object_server()
+            .interface::<_, JobObject>(&self.path)
+            .await
+        {
+            let _ = iface
+                .get()
+                .await
+                .progress_changed(iface.signal_emitter())
+                .await;
         }
     }
 

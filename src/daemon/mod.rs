@@ -86,7 +86,11 @@ pub enum RunError {
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(cfg: Config) -> Result<(), RunError> {
     let policy = RolePolicy::load(&cfg.policy).map_err(RunError::Policy)?;
-    tracing::info!("policy {} loaded from {}", policy.revision, cfg.policy.display());
+    tracing::info!(
+        "policy {} loaded from {}",
+        policy.revision,
+        cfg.policy.display()
+    );
 
     // The emulator plays the kernel; it must outlive the service.
     let (root, _emulator) = match &cfg.simulate {
@@ -100,7 +104,10 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     };
 
     let state = state::StateStore::open(&cfg.state_dir).map_err(RunError::State)?;
-    let audit_path = cfg.audit_log.clone().unwrap_or_else(|| cfg.state_dir.join("audit.jsonl"));
+    let audit_path = cfg
+        .audit_log
+        .clone()
+        .unwrap_or_else(|| cfg.state_dir.join("audit.jsonl"));
     let audit = audit::AuditLog::open(Some(&audit_path)).map_err(RunError::Audit)?;
 
     let builder = match &cfg.bus {
@@ -110,9 +117,17 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     };
     let conn = builder.build().await.map_err(RunError::Bus)?;
 
-    let daemon = Daemon::new(conn.clone(), hw::HwRoot::new(root), cfg.policy.clone(), policy, state, audit, vec![])
-        .await
-        .map_err(RunError::Service)?;
+    let daemon = Daemon::new(
+        conn.clone(),
+        hw::HwRoot::new(root),
+        cfg.policy.clone(),
+        policy,
+        state,
+        audit,
+        vec![],
+    )
+    .await
+    .map_err(RunError::Service)?;
     bus::export_all(&daemon).await;
 
     let reply = conn
@@ -148,7 +163,9 @@ async fn serve_signals(daemon: Arc<Daemon>) -> Result<(), RunError> {
 
 /// Tells systemd (Type=notify) or whoever set NOTIFY_SOCKET that the service is ready.
 fn notify_ready() {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
     let sock = match std::os::unix::net::UnixDatagram::unbound() {
         Ok(s) => s,
         Err(e) => return tracing::warn!("sd_notify: {e}"),

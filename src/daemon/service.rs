@@ -107,11 +107,17 @@ impl Daemon {
     }
 
     pub fn policy(&self) -> Arc<RolePolicy> {
-        self.policy.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn devices(&self) -> BTreeMap<String, Arc<DeviceRt>> {
-        self.devices.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.devices
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn device(&self, id: &str) -> Result<Arc<DeviceRt>, AccelError> {
@@ -123,9 +129,15 @@ impl Daemon {
             .ok_or_else(|| AccelError::NotFound(format!("no device {id}")))
     }
 
-    fn slice(&self, device: &str, slice: &str) -> Result<(Arc<DeviceRt>, Arc<SliceRt>), AccelError> {
+    fn slice(
+        &self,
+        device: &str,
+        slice: &str,
+    ) -> Result<(Arc<DeviceRt>, Arc<SliceRt>), AccelError> {
         let dev = self.device(device)?;
-        let s = dev.slice(slice).ok_or_else(|| AccelError::NotFound(format!("no slice {device}/{slice}")))?;
+        let s = dev
+            .slice(slice)
+            .ok_or_else(|| AccelError::NotFound(format!("no slice {device}/{slice}")))?;
         Ok((dev, s))
     }
 
@@ -134,7 +146,10 @@ impl Daemon {
     }
 
     /// Persists a change of state; a failure changes nothing and is reported as Failed.
-    fn update_state<R>(&self, change: impl FnOnce(&mut super::state::PersistentState) -> R) -> Result<R, AccelError> {
+    fn update_state<R>(
+        &self,
+        change: impl FnOnce(&mut super::state::PersistentState) -> R,
+    ) -> Result<R, AccelError> {
         self.state().update(change).map_err(|e| {
             tracing::error!("{}", error_chain(&e));
             AccelError::Failed("cannot persist state; nothing was changed".into())
@@ -145,7 +160,11 @@ impl Daemon {
 
     /// Runs every gate for the method being handled, on `target`. Deny wins; every decision is
     /// audited.
-    pub async fn authorize(&self, hdr: &Header<'_>, target: Target) -> Result<Authorized, AccelError> {
+    pub async fn authorize(
+        &self,
+        hdr: &Header<'_>,
+        target: Target,
+    ) -> Result<Authorized, AccelError> {
         let auth = self.authorize_role(hdr, target).await?;
         self.authorize_rest(&auth, None).await?;
         Ok(auth)
@@ -153,7 +172,11 @@ impl Daemon {
 
     /// Identity, role and caller capabilities. Methods that take an image call this first,
     /// read the image, and then `authorize_rest` with its hash (polkit sees the hash).
-    pub async fn authorize_role(&self, hdr: &Header<'_>, target: Target) -> Result<Authorized, AccelError> {
+    pub async fn authorize_role(
+        &self,
+        hdr: &Header<'_>,
+        target: Target,
+    ) -> Result<Authorized, AccelError> {
         let interface = hdr.interface().map(|i| i.as_str()).unwrap_or_default();
         let member = hdr.member().map(|m| m.as_str()).unwrap_or_default();
         let operation = match authz::method_gate(interface, member) {
@@ -162,17 +185,32 @@ impl Daemon {
             // method the table does not know, which is denied.
             _ => {
                 tracing::error!("method {interface}.{member} has no operation in the method table");
-                return Err(AccelError::NotAuthorized("method is not in the authorization table".into()));
+                return Err(AccelError::NotAuthorized(
+                    "method is not in the authorization table".into(),
+                ));
             }
         };
         let caller = self.identify(hdr, operation.as_str(), &target).await?;
-        let interactive = hdr.primary().flags().contains(Flags::ALLOW_INTERACTIVE_AUTH);
-        let auth = Authorized { caller, operation, target, interactive };
+        let interactive = hdr
+            .primary()
+            .flags()
+            .contains(Flags::ALLOW_INTERACTIVE_AUTH);
+        let auth = Authorized {
+            caller,
+            operation,
+            target,
+            interactive,
+        };
         self.check_role_and_caps(&auth)?;
         Ok(auth)
     }
 
-    async fn identify(&self, hdr: &Header<'_>, operation: &str, target: &Target) -> Result<Arc<Caller>, AccelError> {
+    async fn identify(
+        &self,
+        hdr: &Header<'_>,
+        operation: &str,
+        target: &Target,
+    ) -> Result<Arc<Caller>, AccelError> {
         match self.callers.resolve(hdr.sender()).await {
             Ok(c) => Ok(c),
             Err(e) => {
@@ -188,7 +226,9 @@ impl Daemon {
                     gate: "identity",
                     reason: &reason,
                 });
-                Err(AccelError::NotAuthorized("cannot identify the caller".into()))
+                Err(AccelError::NotAuthorized(
+                    "cannot identify the caller".into(),
+                ))
             }
         }
     }
@@ -196,13 +236,21 @@ impl Daemon {
     fn check_role_and_caps(&self, auth: &Authorized) -> Result<(), AccelError> {
         let caller = &auth.caller;
         let assigned = match &auth.target {
-            Target::Slice(d, s) => {
-                self.state().get().slice(d, s).tenant.is_some_and(|t| t.includes(caller.uid, &caller.gids))
-            }
+            Target::Slice(d, s) => self
+                .state()
+                .get()
+                .slice(d, s)
+                .tenant
+                .is_some_and(|t| t.includes(caller.uid, &caller.gids)),
             _ => false,
         };
-        let decision =
-            self.policy().decide(caller.uid, &caller.gids, auth.operation, auth.target.device(), assigned);
+        let decision = self.policy().decide(
+            caller.uid,
+            &caller.gids,
+            auth.operation,
+            auth.target.device(),
+            assigned,
+        );
         let grants = match decision {
             RoleDecision::Allow { grants } => grants,
             RoleDecision::Deny { reason } => return Err(self.deny(auth, "role", &reason)),
@@ -214,16 +262,26 @@ impl Daemon {
         match authz::caller_effective_caps(caller) {
             Ok(eff) if grants.iter().any(|(_, caps)| authz::holds_all(eff, caps)) => Ok(()),
             Ok(_) => {
-                let needed: Vec<String> =
-                    grants.iter().map(|(role, caps)| format!("{role}: {caps:?}")).collect();
-                Err(self.deny(auth, "caller-caps", &format!("caller lacks capabilities ({})", needed.join("; "))))
+                let needed: Vec<String> = grants
+                    .iter()
+                    .map(|(role, caps)| format!("{role}: {caps:?}"))
+                    .collect();
+                Err(self.deny(
+                    auth,
+                    "caller-caps",
+                    &format!("caller lacks capabilities ({})", needed.join("; ")),
+                ))
             }
             Err(e) => Err(self.deny(auth, "caller-caps", &error_chain(&e))),
         }
     }
 
     /// The gates after role and capabilities (polkit), then the audit record of the allow.
-    pub async fn authorize_rest(&self, auth: &Authorized, image_sha256: Option<&str>) -> Result<(), AccelError> {
+    pub async fn authorize_rest(
+        &self,
+        auth: &Authorized,
+        image_sha256: Option<&str>,
+    ) -> Result<(), AccelError> {
         let req = GateRequest {
             caller: &auth.caller,
             operation: auth.operation,
@@ -248,7 +306,10 @@ impl Daemon {
 
     fn deny(&self, auth: &Authorized, gate: &'static str, reason: &str) -> AccelError {
         self.record(auth, "deny", gate, reason);
-        AccelError::NotAuthorized(format!("{} on {} is not allowed", auth.operation, auth.target))
+        AccelError::NotAuthorized(format!(
+            "{} on {} is not allowed",
+            auth.operation, auth.target
+        ))
     }
 
     fn record(&self, auth: &Authorized, decision: &'static str, gate: &'static str, reason: &str) {
@@ -266,34 +327,76 @@ impl Daemon {
     }
 
     /// Cancel is allowed to whoever may start the job's operation on the job's target.
-    pub async fn authorize_job_cancel(&self, hdr: &Header<'_>, job: &JobShared) -> Result<(), AccelError> {
-        let caller = self.identify(hdr, job.operation.as_str(), &job.target).await?;
-        let interactive = hdr.primary().flags().contains(Flags::ALLOW_INTERACTIVE_AUTH);
-        let auth = Authorized { caller, operation: job.operation, target: job.target.clone(), interactive };
+    pub async fn authorize_job_cancel(
+        &self,
+        hdr: &Header<'_>,
+        job: &JobShared,
+    ) -> Result<(), AccelError> {
+        let caller = self
+            .identify(hdr, job.operation.as_str(), &job.target)
+            .await?;
+        let interactive = hdr
+            .primary()
+            .flags()
+            .contains(Flags::ALLOW_INTERACTIVE_AUTH);
+        let auth = Authorized {
+            caller,
+            operation: job.operation,
+            target: job.target.clone(),
+            interactive,
+        };
         self.check_role_and_caps(&auth)?;
         self.authorize_rest(&auth, None).await
     }
 
     /// WhoAmI: needs only an identity.
-    pub async fn who_am_i(&self, hdr: &Header<'_>) -> Result<(u32, Vec<String>, Vec<String>), AccelError> {
+    pub async fn who_am_i(
+        &self,
+        hdr: &Header<'_>,
+    ) -> Result<(u32, Vec<String>, Vec<String>), AccelError> {
         let caller = self.identify(hdr, "whoami", &Target::Manager).await?;
         let policy = self.policy();
-        let roles = policy.roles_for(caller.uid, &caller.gids).iter().map(|r| r.id.clone()).collect();
-        let ops = policy.operations_for(caller.uid, &caller.gids).iter().map(|o| o.as_str().to_owned()).collect();
+        let roles = policy
+            .roles_for(caller.uid, &caller.gids)
+            .iter()
+            .map(|r| r.id.clone())
+            .collect();
+        let ops = policy
+            .operations_for(caller.uid, &caller.gids)
+            .iter()
+            .map(|o| o.as_str().to_owned())
+            .collect();
         Ok((caller.uid, roles, ops))
     }
 
     // ---------------------------------------------------------------- slice operations
 
-    pub fn read(&self, auth: &Authorized, offset: u64, count: u32, width: u8) -> Result<Vec<u64>, AccelError> {
+    pub fn read(
+        &self,
+        auth: &Authorized,
+        offset: u64,
+        count: u32,
+        width: u8,
+    ) -> Result<Vec<u64>, AccelError> {
         let (_, slice) = self.target_slice(auth)?;
-        let width = Width::try_from(width).map_err(|e| self.deny_by_limit(auth, window_error(e)))?;
-        slice.window.read(offset, count, width).map_err(|e| self.deny_by_limit(auth, window_error(e)))
+        let width =
+            Width::try_from(width).map_err(|e| self.deny_by_limit(auth, window_error(e)))?;
+        slice
+            .window
+            .read(offset, count, width)
+            .map_err(|e| self.deny_by_limit(auth, window_error(e)))
     }
 
-    pub fn write(&self, auth: &Authorized, offset: u64, values: &[u64], width: u8) -> Result<(), AccelError> {
+    pub fn write(
+        &self,
+        auth: &Authorized,
+        offset: u64,
+        values: &[u64],
+        width: u8,
+    ) -> Result<(), AccelError> {
         let (_, slice) = self.target_slice(auth)?;
-        let width = Width::try_from(width).map_err(|e| self.deny_by_limit(auth, window_error(e)))?;
+        let width =
+            Width::try_from(width).map_err(|e| self.deny_by_limit(auth, window_error(e)))?;
         let len = (values.len() as u64).checked_mul(width.bytes());
         let end = len.and_then(|l| offset.checked_add(l));
         match end {
@@ -309,7 +412,10 @@ impl Daemon {
             // Out-of-window and overflow cases get the window's own precise error below.
             _ => {}
         }
-        slice.window.write(offset, values, width).map_err(|e| self.deny_by_limit(auth, window_error(e)))
+        slice
+            .window
+            .write(offset, values, width)
+            .map_err(|e| self.deny_by_limit(auth, window_error(e)))
     }
 
     pub fn map(&self, auth: &Authorized) -> Result<OwnedFd, AccelError> {
@@ -333,9 +439,17 @@ impl Daemon {
 
     pub async fn assign(&self, auth: &Authorized, tenant: &str) -> Result<(), AccelError> {
         let (_, slice) = self.target_slice(auth)?;
-        let tenant = Tenant::resolve(tenant).map_err(|e| AccelError::InvalidArgument(e.to_string()))?;
-        let _busy = slice.busy.clone().try_lock_owned().map_err(|_| self.busy(auth))?;
-        let (d, s) = (auth.target.device().unwrap_or_default(), auth.target.slice().unwrap_or_default());
+        let tenant =
+            Tenant::resolve(tenant).map_err(|e| AccelError::InvalidArgument(e.to_string()))?;
+        let _busy = slice
+            .busy
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| self.busy(auth))?;
+        let (d, s) = (
+            auth.target.device().unwrap_or_default(),
+            auth.target.slice().unwrap_or_default(),
+        );
         let changed = self.update_state(|st| {
             let entry = st.slice_mut(d, s);
             match &entry.tenant {
@@ -357,8 +471,15 @@ impl Daemon {
 
     pub async fn release(&self, auth: &Authorized) -> Result<(), AccelError> {
         let (_, slice) = self.target_slice(auth)?;
-        let _busy = slice.busy.clone().try_lock_owned().map_err(|_| self.busy(auth))?;
-        let (d, s) = (auth.target.device().unwrap_or_default(), auth.target.slice().unwrap_or_default());
+        let _busy = slice
+            .busy
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| self.busy(auth))?;
+        let (d, s) = (
+            auth.target.device().unwrap_or_default(),
+            auth.target.slice().unwrap_or_default(),
+        );
         if self.state().get().slice(d, s).tenant.is_none() {
             return Ok(());
         }
@@ -372,7 +493,10 @@ impl Daemon {
     /// image is marked in flux first, so a crash half-way is finished on the next start.
     async fn scrub(&self, d: &str, s: &str, slice: &Arc<SliceRt>) -> Result<(), AccelError> {
         for &(start, end) in &slice.writable {
-            slice.window.zero(start, end).map_err(|e| AccelError::Failed(format!("scrubbing {d}/{s}: {e}")))?;
+            slice
+                .window
+                .zero(start, end)
+                .map_err(|e| AccelError::Failed(format!("scrubbing {d}/{s}: {e}")))?;
         }
         let had_image = {
             let st = self.state();
@@ -403,19 +527,42 @@ impl Daemon {
         let Some(loader) = slice.loader.clone() else {
             return Err(self.deny_by_limit(
                 &auth,
-                AccelError::InvalidArgument(format!("{} has no image loader; only regions can be programmed", auth.target)),
+                AccelError::InvalidArgument(format!(
+                    "{} has no image loader; only regions can be programmed",
+                    auth.target
+                )),
             ));
         };
-        let limit = self.device(auth.target.device().unwrap_or_default())?.policy.max_image_size;
+        let limit = self
+            .device(auth.target.device().unwrap_or_default())?
+            .policy
+            .max_image_size;
         let image = self.take_image(&auth, fd, limit).await?;
         self.authorize_rest(&auth, Some(&image.sha256)).await?;
-        let (d, s) = (auth.target.device().unwrap_or_default().to_owned(), auth.target.slice().unwrap_or_default().to_owned());
+        let (d, s) = (
+            auth.target.device().unwrap_or_default().to_owned(),
+            auth.target.slice().unwrap_or_default().to_owned(),
+        );
         let path = slice_object_path(&d, &s)?;
-        let busy = slice.busy.clone().try_lock_owned().map_err(|_| self.busy(&auth))?;
-        let job = self.jobs.start(self, auth.operation, auth.target.clone(), path, auth.caller.uid).await?;
+        let busy = slice
+            .busy
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| self.busy(&auth))?;
+        let job = self
+            .jobs
+            .start(
+                self,
+                auth.operation,
+                auth.target.clone(),
+                path,
+                auth.caller.uid,
+            )
+            .await?;
         let job_path = job.path.clone();
         if self.state().get().slice(&d, &s).image_sha256.as_deref() == Some(image.sha256.as_str()) {
-            job.finish(Ok(format!("image {} is already loaded", image.sha256))).await;
+            job.finish(Ok(format!("image {} is already loaded", image.sha256)))
+                .await;
             return Ok(job_path);
         }
         let daemon = self.clone();
@@ -456,10 +603,18 @@ impl Daemon {
 
     /// Uploads bytes through a loader on a blocking thread, forwarding progress to the job and
     /// the job's cancel request to the loader.
-    async fn upload(&self, loader: &LoaderSpec, bytes: Arc<Vec<u8>>, job: Option<&JobHandle>) -> Result<(), AccelError> {
-        let fw = FwUpload::open(&self.hw, &loader.name)
-            .map_err(|e| AccelError::Failed(format!("image loader {}: {}", loader.name, error_chain(&e))))?;
-        let cancel = job.map(|j| j.cancel_flag()).unwrap_or_else(|| Arc::new(AtomicBool::new(false)));
+    async fn upload(
+        &self,
+        loader: &LoaderSpec,
+        bytes: Arc<Vec<u8>>,
+        job: Option<&JobHandle>,
+    ) -> Result<(), AccelError> {
+        let fw = FwUpload::open(&self.hw, &loader.name).map_err(|e| {
+            AccelError::Failed(format!("image loader {}: {}", loader.name, error_chain(&e)))
+        })?;
+        let cancel = job
+            .map(|j| j.cancel_flag())
+            .unwrap_or_else(|| Arc::new(AtomicBool::new(false)));
         let (tx, mut rx) = tokio::sync::watch::channel(0.0f64);
         let work = tokio::task::spawn_blocking(move || {
             let mut report = |p: f64| {
@@ -475,26 +630,49 @@ impl Daemon {
         }
         match work.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(FwUploadError::Cancelled)) => Err(AccelError::Cancelled("cancelled before anything was programmed".into())),
-            Ok(Err(FwUploadError::Busy)) => Err(AccelError::Busy(format!("loader {} is busy", loader.name))),
-            Ok(Err(e)) => Err(AccelError::Failed(format!("loader {}: {}", loader.name, error_chain(&e)))),
+            Ok(Err(FwUploadError::Cancelled)) => Err(AccelError::Cancelled(
+                "cancelled before anything was programmed".into(),
+            )),
+            Ok(Err(FwUploadError::Busy)) => {
+                Err(AccelError::Busy(format!("loader {} is busy", loader.name)))
+            }
+            Ok(Err(e)) => Err(AccelError::Failed(format!(
+                "loader {}: {}",
+                loader.name,
+                error_chain(&e)
+            ))),
             Err(e) => Err(AccelError::Failed(format!("loader task failed: {e}"))),
         }
     }
 
     // ---------------------------------------------------------------- device operations
 
-    pub async fn set_vf_count(&self, auth: &Authorized, count: u32, force: bool) -> Result<(), AccelError> {
+    pub async fn set_vf_count(
+        &self,
+        auth: &Authorized,
+        count: u32,
+        force: bool,
+    ) -> Result<(), AccelError> {
         let d = auth.target.device().unwrap_or_default().to_owned();
         let dev = self.device(&d)?;
         if dev.sriov.is_none() || dev.policy.vfs.is_none() {
-            return Err(self.deny_by_limit(auth, AccelError::InvalidArgument(format!("{d} has no SR-IOV VFs to configure"))));
+            return Err(self.deny_by_limit(
+                auth,
+                AccelError::InvalidArgument(format!("{d} has no SR-IOV VFs to configure")),
+            ));
         }
         let max = dev.max_vfs();
         if count > max {
-            return Err(self.deny_by_limit(auth, AccelError::InvalidArgument(format!("{d} allows at most {max} VFs, not {count}"))));
+            return Err(self.deny_by_limit(
+                auth,
+                AccelError::InvalidArgument(format!("{d} allows at most {max} VFs, not {count}")),
+            ));
         }
-        let _busy = dev.busy.clone().try_lock_owned().map_err(|_| self.busy(auth))?;
+        let _busy = dev
+            .busy
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| self.busy(auth))?;
         if dev.num_vfs() == count {
             // Still record the wish, so a restart restores it.
             self.update_state(|st| st.device_mut(&d).num_vfs = Some(count))?;
@@ -504,12 +682,19 @@ impl Daemon {
         let doomed: Vec<Arc<SliceRt>> = dev
             .slices_read()
             .values()
-            .filter(|s| s.kind == SliceKind::Vf && super::devices::vf_index(&s.id).is_some_and(|i| i >= count))
+            .filter(|s| {
+                s.kind == SliceKind::Vf
+                    && super::devices::vf_index(&s.id).is_some_and(|i| i >= count)
+            })
             .cloned()
             .collect();
         let assigned: Vec<String> = {
             let st = self.state();
-            doomed.iter().filter(|s| st.get().slice(&d, &s.id).tenant.is_some()).map(|s| s.id.clone()).collect()
+            doomed
+                .iter()
+                .filter(|s| st.get().slice(&d, &s.id).tenant.is_some())
+                .map(|s| s.id.clone())
+                .collect()
         };
         if !assigned.is_empty() && !force {
             return Err(AccelError::Busy(format!(
@@ -519,7 +704,12 @@ impl Daemon {
         }
         let mut guards = Vec::new();
         for s in &doomed {
-            guards.push(s.busy.clone().try_lock_owned().map_err(|_| self.busy(auth))?);
+            guards.push(
+                s.busy
+                    .clone()
+                    .try_lock_owned()
+                    .map_err(|_| self.busy(auth))?,
+            );
         }
         for s in &doomed {
             if assigned.contains(&s.id) {
@@ -539,8 +729,13 @@ impl Daemon {
         let d = dev.policy.id.clone();
         let worker = dev.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let sriov = worker.sriov.as_ref().ok_or_else(|| "no SR-IOV".to_owned())?;
-            sriov.set_num_vfs(count, SRIOV_TIMEOUT).map_err(|e| error_chain(&e))?;
+            let sriov = worker
+                .sriov
+                .as_ref()
+                .ok_or_else(|| "no SR-IOV".to_owned())?;
+            sriov
+                .set_num_vfs(count, SRIOV_TIMEOUT)
+                .map_err(|e| error_chain(&e))?;
             worker.refresh_vf_slices().map_err(|e| error_chain(&e))
         })
         .await
@@ -555,7 +750,9 @@ impl Daemon {
                 if let Ok(changes) = dev.refresh_vf_slices() {
                     bus::vf_slices_changed(self, &d, &changes.0, &changes.1).await;
                 }
-                Err(AccelError::Failed(format!("setting the VF count of {d}: {e}")))
+                Err(AccelError::Failed(format!(
+                    "setting the VF count of {d}: {e}"
+                )))
             }
         };
         bus::device_changed(&self.conn, &d).await;
@@ -573,13 +770,21 @@ impl Daemon {
         let d = auth.target.device().unwrap_or_default().to_owned();
         let dev = self.device(&d)?;
         let Some(loader) = dev.policy.personality.clone() else {
-            return Err(self.deny_by_limit(&auth, AccelError::InvalidArgument(format!("{d} has no personality loader"))));
+            return Err(self.deny_by_limit(
+                &auth,
+                AccelError::InvalidArgument(format!("{d} has no personality loader")),
+            ));
         };
-        let image = self.take_image(&auth, fd, dev.policy.max_image_size).await?;
+        let image = self
+            .take_image(&auth, fd, dev.policy.max_image_size)
+            .await?;
         self.authorize_rest(&auth, Some(&image.sha256)).await?;
         let assigned: Vec<String> = {
             let st = self.state();
-            dev.slice_ids().into_iter().filter(|s| st.get().slice(&d, s).tenant.is_some()).collect()
+            dev.slice_ids()
+                .into_iter()
+                .filter(|s| st.get().slice(&d, s).tenant.is_some())
+                .collect()
         };
         if !assigned.is_empty() && !force {
             return Err(AccelError::Busy(format!(
@@ -587,12 +792,32 @@ impl Daemon {
                 assigned.join(", ")
             )));
         }
-        let busy = dev.busy.clone().try_lock_owned().map_err(|_| self.busy(&auth))?;
-        let path = OwnedObjectPath::try_from(device_path(&d)).map_err(|e| AccelError::Failed(e.to_string()))?;
-        let job = self.jobs.start(self, auth.operation, auth.target.clone(), path, auth.caller.uid).await?;
+        let busy = dev
+            .busy
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| self.busy(&auth))?;
+        let path = OwnedObjectPath::try_from(device_path(&d))
+            .map_err(|e| AccelError::Failed(e.to_string()))?;
+        let job = self
+            .jobs
+            .start(
+                self,
+                auth.operation,
+                auth.target.clone(),
+                path,
+                auth.caller.uid,
+            )
+            .await?;
         let job_path = job.path.clone();
-        if self.state().get().device(&d).personality_sha256.as_deref() == Some(image.sha256.as_str()) {
-            job.finish(Ok(format!("personality {} is already loaded", image.sha256))).await;
+        if self.state().get().device(&d).personality_sha256.as_deref()
+            == Some(image.sha256.as_str())
+        {
+            job.finish(Ok(format!(
+                "personality {} is already loaded",
+                image.sha256
+            )))
+            .await;
             return Ok(job_path);
         }
         let daemon = self.clone();
@@ -606,7 +831,9 @@ impl Daemon {
                     e.personality_in_flux = true;
                 })?;
                 bus::device_changed(&daemon.conn, &d).await;
-                let r = daemon.upload(&loader, Arc::new(image.bytes), Some(&job)).await;
+                let r = daemon
+                    .upload(&loader, Arc::new(image.bytes), Some(&job))
+                    .await;
                 let ok = r.is_ok();
                 daemon.update_state(|st| {
                     let e = st.device_mut(&d);
@@ -622,22 +849,42 @@ impl Daemon {
         Ok(job_path)
     }
 
-    pub async fn flash(self: &Arc<Self>, hdr: &Header<'_>, target: Target, fd: OwnedFd) -> Result<OwnedObjectPath, AccelError> {
+    pub async fn flash(
+        self: &Arc<Self>,
+        hdr: &Header<'_>,
+        target: Target,
+        fd: OwnedFd,
+    ) -> Result<OwnedObjectPath, AccelError> {
         let auth = self.authorize_role(hdr, target).await?;
         let d = auth.target.device().unwrap_or_default().to_owned();
         let dev = self.device(&d)?;
         let Some(fw) = dev.policy.firmware.clone() else {
-            return Err(self.deny_by_limit(&auth, AccelError::InvalidArgument(format!("{d} has no firmware backend"))));
+            return Err(self.deny_by_limit(
+                &auth,
+                AccelError::InvalidArgument(format!("{d} has no firmware backend")),
+            ));
         };
         if fw.locked {
-            return Err(self.deny_by_limit(&auth, AccelError::Locked(format!("firmware of {d} is locked by policy"))));
+            return Err(self.deny_by_limit(
+                &auth,
+                AccelError::Locked(format!("firmware of {d} is locked by policy")),
+            ));
         }
-        let image = self.take_image(&auth, fd, dev.policy.max_image_size).await?;
+        let image = self
+            .take_image(&auth, fd, dev.policy.max_image_size)
+            .await?;
         self.authorize_rest(&auth, Some(&image.sha256)).await?;
-        Err(AccelError::Failed(format!("flashing {d} is not supported by this build yet")))
+        Err(AccelError::Failed(format!(
+            "flashing {d} is not supported by this build yet"
+        )))
     }
 
-    async fn take_image(&self, auth: &Authorized, fd: OwnedFd, limit: u64) -> Result<Image, AccelError> {
+    async fn take_image(
+        &self,
+        auth: &Authorized,
+        fd: OwnedFd,
+        limit: u64,
+    ) -> Result<Image, AccelError> {
         let read = tokio::task::spawn_blocking(move || read_image(&fd, limit))
             .await
             .map_err(|e| AccelError::Failed(e.to_string()))?;
@@ -658,7 +905,8 @@ impl Daemon {
         let path = self.policy_path.clone();
         let hw = self.hw.clone();
         let (policy, devices) = tokio::task::spawn_blocking(move || {
-            let policy = RolePolicy::load(&path).map_err(|e| AccelError::InvalidArgument(error_chain(&e)))?;
+            let policy = RolePolicy::load(&path)
+                .map_err(|e| AccelError::InvalidArgument(error_chain(&e)))?;
             let devices = open_devices(&hw, &policy);
             Ok::<_, AccelError>((policy, devices))
         })
@@ -714,7 +962,9 @@ impl Daemon {
             .filter_map(|(k, _)| k.split_once('/').map(|(d, s)| (d.to_owned(), s.to_owned())))
             .collect();
         for (d, s) in in_flux {
-            let Ok((_, slice)) = self.slice(&d, &s) else { continue };
+            let Ok((_, slice)) = self.slice(&d, &s) else {
+                continue;
+            };
             tracing::warn!("{d}/{s}: an image load was interrupted; blanking the slice");
             if let Err(e) = self.scrub(&d, &s, &slice).await {
                 tracing::error!("{d}/{s}: {e}");
@@ -744,7 +994,10 @@ impl Daemon {
     }
 
     fn busy(&self, auth: &Authorized) -> AccelError {
-        AccelError::Busy(format!("another operation on {} is running; retry later", auth.target))
+        AccelError::Busy(format!(
+            "another operation on {} is running; retry later",
+            auth.target
+        ))
     }
 }
 
@@ -787,14 +1040,18 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 pub fn option_bool(options: &Options, key: &str) -> Result<bool, AccelError> {
     match options.get(key) {
         None => Ok(false),
-        Some(v) => bool::try_from(v.clone()).map_err(|_| AccelError::InvalidArgument(format!("option {key} must be a boolean"))),
+        Some(v) => bool::try_from(v.clone())
+            .map_err(|_| AccelError::InvalidArgument(format!("option {key} must be a boolean"))),
     }
 }
 
 /// Refuses options this call does not know, so a typo is not silently ignored.
 pub fn check_option_keys(options: &Options, known: &[&str]) -> Result<(), AccelError> {
     match options.keys().find(|k| !known.contains(&k.as_str())) {
-        Some(k) => Err(AccelError::InvalidArgument(format!("unknown option '{k}'; known: {}", known.join(", ")))),
+        Some(k) => Err(AccelError::InvalidArgument(format!(
+            "unknown option '{k}'; known: {}",
+            known.join(", ")
+        ))),
         None => Ok(()),
     }
 }

@@ -68,13 +68,20 @@ pub struct PersistentState {
 
 impl Default for PersistentState {
     fn default() -> Self {
-        PersistentState { version: STATE_VERSION, slices: BTreeMap::new(), devices: BTreeMap::new() }
+        PersistentState {
+            version: STATE_VERSION,
+            slices: BTreeMap::new(),
+            devices: BTreeMap::new(),
+        }
     }
 }
 
 impl PersistentState {
     pub fn slice(&self, device: &str, slice: &str) -> SliceState {
-        self.slices.get(&slice_key(device, slice)).cloned().unwrap_or_default()
+        self.slices
+            .get(&slice_key(device, slice))
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn slice_mut(&mut self, device: &str, slice: &str) -> &mut SliceState {
@@ -113,8 +120,8 @@ impl StateStore {
         let path = dir.join(STATE_FILE);
         let current = match fs::read(&path) {
             Ok(bytes) => {
-                let state: PersistentState =
-                    serde_json::from_slice(&bytes).map_err(|e| StateError::Malformed(path.clone(), e))?;
+                let state: PersistentState = serde_json::from_slice(&bytes)
+                    .map_err(|e| StateError::Malformed(path.clone(), e))?;
                 if state.version != STATE_VERSION {
                     return Err(StateError::Version(path, state.version));
                 }
@@ -123,7 +130,10 @@ impl StateStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => PersistentState::default(),
             Err(e) => return Err(StateError::Read(path, e)),
         };
-        Ok(StateStore { dir: dir.to_owned(), current })
+        Ok(StateStore {
+            dir: dir.to_owned(),
+            current,
+        })
     }
 
     pub fn get(&self) -> &PersistentState {
@@ -131,7 +141,10 @@ impl StateStore {
     }
 
     /// Applies `change` to a copy, persists the copy, and only then makes it current.
-    pub fn update<R>(&mut self, change: impl FnOnce(&mut PersistentState) -> R) -> Result<R, StateError> {
+    pub fn update<R>(
+        &mut self,
+        change: impl FnOnce(&mut PersistentState) -> R,
+    ) -> Result<R, StateError> {
         let mut next = self.current.clone();
         let result = change(&mut next);
         next.compact();
@@ -146,12 +159,20 @@ impl StateStore {
         let err = |e| StateError::Write(self.dir.clone(), e);
         let bytes = serde_json::to_vec_pretty(state).map_err(|e| err(std::io::Error::other(e)))?;
         let tmp = self.dir.join(format!(".{STATE_FILE}.tmp"));
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(err)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(err)?;
         f.write_all(&bytes).map_err(err)?;
         f.sync_all().map_err(err)?;
         drop(f);
         fs::rename(&tmp, self.dir.join(STATE_FILE)).map_err(err)?;
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(err)?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err)?;
         Ok(())
     }
 }
@@ -171,9 +192,16 @@ mod tests {
         let dir = temp_dir("reopen");
         let mut store = StateStore::open(&dir).unwrap();
         store
-            .update(|s| s.slice_mut("fpga0", "region0").tenant = Some(Tenant::User { uid: 5, name: "e".into() }))
+            .update(|s| {
+                s.slice_mut("fpga0", "region0").tenant = Some(Tenant::User {
+                    uid: 5,
+                    name: "e".into(),
+                })
+            })
             .unwrap();
-        store.update(|s| s.device_mut("nic0").num_vfs = Some(3)).unwrap();
+        store
+            .update(|s| s.device_mut("nic0").num_vfs = Some(3))
+            .unwrap();
         let again = StateStore::open(&dir).unwrap();
         assert_eq!(again.get(), store.get());
         assert_eq!(again.get().device("nic0").num_vfs, Some(3));
@@ -185,7 +213,10 @@ mod tests {
         let dir = temp_dir("malformed");
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join(STATE_FILE), b"{not json").unwrap();
-        assert!(matches!(StateStore::open(&dir), Err(StateError::Malformed(..))));
+        assert!(matches!(
+            StateStore::open(&dir),
+            Err(StateError::Malformed(..))
+        ));
         assert_eq!(fs::read(dir.join(STATE_FILE)).unwrap(), b"{not json");
         fs::remove_dir_all(dir).unwrap();
     }

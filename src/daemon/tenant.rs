@@ -28,26 +28,43 @@ impl Tenant {
     pub fn resolve(spec: &str) -> Result<Tenant, TenantError> {
         let syntax = || TenantError::Syntax(spec.to_owned());
         let valid_name = |n: &str| {
-            !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            !n.is_empty()
+                && n.len() <= 64
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         };
         let (kind, value) = spec.split_once(':').unwrap_or(("user", spec));
         match kind {
             "uid" => {
                 let uid: u32 = value.parse().map_err(|_| syntax())?;
-                let name = User::from_uid(Uid::from_raw(uid)).ok().flatten().map(|u| u.name).unwrap_or_default();
+                let name = User::from_uid(Uid::from_raw(uid))
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+                    .unwrap_or_default();
                 Ok(Tenant::User { uid, name })
             }
             "gid" => {
                 let gid: u32 = value.parse().map_err(|_| syntax())?;
-                let name = Group::from_gid(Gid::from_raw(gid)).ok().flatten().map(|g| g.name).unwrap_or_default();
+                let name = Group::from_gid(Gid::from_raw(gid))
+                    .ok()
+                    .flatten()
+                    .map(|g| g.name)
+                    .unwrap_or_default();
                 Ok(Tenant::Group { gid, name })
             }
             "user" if valid_name(value) => match User::from_name(value) {
-                Ok(Some(u)) => Ok(Tenant::User { uid: u.uid.as_raw(), name: u.name }),
+                Ok(Some(u)) => Ok(Tenant::User {
+                    uid: u.uid.as_raw(),
+                    name: u.name,
+                }),
                 _ => Err(TenantError::UnknownUser(value.to_owned())),
             },
             "group" if valid_name(value) => match Group::from_name(value) {
-                Ok(Some(g)) => Ok(Tenant::Group { gid: g.gid.as_raw(), name: g.name }),
+                Ok(Some(g)) => Ok(Tenant::Group {
+                    gid: g.gid.as_raw(),
+                    name: g.name,
+                }),
                 _ => Err(TenantError::UnknownGroup(value.to_owned())),
             },
             _ => Err(syntax()),
@@ -80,22 +97,40 @@ mod tests {
 
     #[test]
     fn resolves_root_forms() {
-        let root = Tenant::User { uid: 0, name: "root".into() };
+        let root = Tenant::User {
+            uid: 0,
+            name: "root".into(),
+        };
         assert_eq!(Tenant::resolve("root"), Ok(root.clone()));
         assert_eq!(Tenant::resolve("user:root"), Ok(root.clone()));
         assert_eq!(Tenant::resolve("uid:0"), Ok(root.clone()));
         assert_eq!(root.to_string(), "user:root");
-        assert!(matches!(Tenant::resolve("group:root"), Ok(Tenant::Group { gid: 0, .. })));
+        assert!(matches!(
+            Tenant::resolve("group:root"),
+            Ok(Tenant::Group { gid: 0, .. })
+        ));
         assert!(root.includes(0, &[]));
         assert!(!root.includes(1, &[0]));
     }
 
     #[test]
     fn refuses_bad_specs() {
-        assert!(matches!(Tenant::resolve("uid:x"), Err(TenantError::Syntax(_))));
-        assert!(matches!(Tenant::resolve("host:x"), Err(TenantError::Syntax(_))));
-        assert!(matches!(Tenant::resolve("user:a/b"), Err(TenantError::Syntax(_))));
+        assert!(matches!(
+            Tenant::resolve("uid:x"),
+            Err(TenantError::Syntax(_))
+        ));
+        assert!(matches!(
+            Tenant::resolve("host:x"),
+            Err(TenantError::Syntax(_))
+        ));
+        assert!(matches!(
+            Tenant::resolve("user:a/b"),
+            Err(TenantError::Syntax(_))
+        ));
         assert!(matches!(Tenant::resolve(""), Err(TenantError::Syntax(_))));
-        assert_eq!(Tenant::resolve("no-such-user-xyz"), Err(TenantError::UnknownUser("no-such-user-xyz".into())));
+        assert_eq!(
+            Tenant::resolve("no-such-user-xyz"),
+            Err(TenantError::UnknownUser("no-such-user-xyz".into()))
+        );
     }
 }
