@@ -117,7 +117,11 @@ fn add_watch(inotify: &Inotify, dir: &Path) -> Result<WatchDescriptor, SimError>
         .map_err(SimError::Inotify)
 }
 
-fn watch_loop(shared: &Arc<Shared>, inotify: &Inotify, watched: &HashMap<WatchDescriptor, Watched>) {
+fn watch_loop(
+    shared: &Arc<Shared>,
+    inotify: &Inotify,
+    watched: &HashMap<WatchDescriptor, Watched>,
+) {
     while !shared.stop.load(Ordering::Relaxed) {
         let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(STOP_CHECK)) {
@@ -141,9 +145,9 @@ fn watch_loop(shared: &Arc<Shared>, inotify: &Inotify, watched: &HashMap<WatchDe
                 continue;
             };
             let result = match (target, name.to_str()) {
-                (Watched::Pf(index), Some("sriov_numvfs")) => {
-                    shared.tree.reconcile_vfs(&shared.tree.spec.functions[*index])
-                }
+                (Watched::Pf(index), Some("sriov_numvfs")) => shared
+                    .tree
+                    .reconcile_vfs(&shared.tree.spec.functions[*index]),
                 (Watched::Fw(index), Some("loading")) => on_loading(shared, *index),
                 (Watched::Fw(index), Some("cancel")) => on_cancel(shared, *index),
                 _ => Ok(()),
@@ -321,7 +325,11 @@ fn apply_effect(shared: &Shared, entry: &FwEntrySpec, image: &[u8]) -> Result<()
                 .ok_or_else(|| SimError::InvalidSpec(entry.name.clone()))?;
             let status = u64::from(loaded.is_some());
             poke(&bar, region.offset + REG_IMAGE_TAG, &tag.to_le_bytes())?;
-            poke(&bar, region.offset + REG_IMAGE_STATUS, &status.to_le_bytes())
+            poke(
+                &bar,
+                region.offset + REG_IMAGE_STATUS,
+                &status.to_le_bytes(),
+            )
         }
         FwEffect::Personality => poke(&bar, REG_PERSONALITY_TAG, &tag.to_le_bytes()),
         FwEffect::Flash => Ok(()),

@@ -43,7 +43,8 @@ fn standard(tag: &str) -> (TempDir, HwRoot) {
 
 fn region_regs(root: &HwRoot, region: u64) -> (u64, u64, u64) {
     let fpga = PciFunction::open(root, "0000:3b:00.0").unwrap();
-    let window = SliceWindow::open(&fpga.resource_path(0), 0x10000 * (region + 1), 0x10000).unwrap();
+    let window =
+        SliceWindow::open(&fpga.resource_path(0), 0x10000 * (region + 1), 0x10000).unwrap();
     let id = window.read(REG_REGION_ID, 1, Width::U32).unwrap()[0];
     let status = window.read(REG_IMAGE_STATUS, 1, Width::U64).unwrap()[0];
     let tag = window.read(REG_IMAGE_TAG, 1, Width::U64).unwrap()[0];
@@ -51,12 +52,19 @@ fn region_regs(root: &HwRoot, region: u64) -> (u64, u64, u64) {
 }
 
 fn test_image(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 fn upload(entry: &FwUpload, image: &[u8]) -> (Result<(), FwUploadError>, Vec<f64>) {
     let mut seen = Vec::new();
-    let result = entry.upload(image, &mut |p| seen.push(p), &AtomicBool::new(false), TIMEOUT);
+    let result = entry.upload(
+        image,
+        &mut |p| seen.push(p),
+        &AtomicBool::new(false),
+        TIMEOUT,
+    );
     (result, seen)
 }
 
@@ -64,7 +72,10 @@ fn upload(entry: &FwUpload, image: &[u8]) -> (Result<(), FwUploadError>, Vec<f64
 fn standard_tree_matches_the_contract() {
     let (dir, root) = standard("layout");
     let fpga = PciFunction::open(&root, "0000:3b:00.0").unwrap();
-    assert_eq!((fpga.vendor, fpga.device, fpga.class), (0xacce, 0x0f01, 0x12_0000));
+    assert_eq!(
+        (fpga.vendor, fpga.device, fpga.class),
+        (0xacce, 0x0f01, 0x12_0000)
+    );
     assert_eq!(fpga.driver.as_deref(), Some("accelgate-sim"));
     let bar = fpga.bar(0).unwrap();
     assert_eq!(bar.size, 1 << 20);
@@ -73,31 +84,58 @@ fn standard_tree_matches_the_contract() {
     assert!(matches!(fpga.bar(6), Err(PciError::NoSuchBar(6))));
     let text = std::fs::read_to_string(fpga.dir.join("resource")).unwrap();
     assert_eq!(text.lines().count(), 13);
-    assert!(text.lines().next().unwrap().ends_with(" 0x0000000000040200"));
+    assert!(text
+        .lines()
+        .next()
+        .unwrap()
+        .ends_with(" 0x0000000000040200"));
     let window = SliceWindow::open(&fpga.resource_path(0), 0, 0x100).unwrap();
-    assert_eq!(window.read(REG_ID, 1, Width::U32).unwrap(), vec![0xacce_f001]);
+    assert_eq!(
+        window.read(REG_ID, 1, Width::U32).unwrap(),
+        vec![0xacce_f001]
+    );
     assert_eq!(region_regs(&root, 0), (0xacce_0000, 0, 0));
     assert_eq!(region_regs(&root, 1), (0xacce_0001, 0, 0));
 
     let nic = PciFunction::open(&root, "0000:5e:00.0").unwrap();
-    assert_eq!((nic.vendor, nic.device, nic.class), (0xacce, 0x0e01, 0x02_0000));
+    assert_eq!(
+        (nic.vendor, nic.device, nic.class),
+        (0xacce, 0x0e01, 0x02_0000)
+    );
     assert_eq!(nic.bar(0).unwrap().size, 64 << 10);
     let sriov = Sriov::new(&nic).unwrap();
-    assert_eq!((sriov.total_vfs().unwrap(), sriov.num_vfs().unwrap()), (8, 0));
-    assert!(matches!(Sriov::new(&fpga), Err(SriovError::NotSupported(_))));
+    assert_eq!(
+        (sriov.total_vfs().unwrap(), sriov.num_vfs().unwrap()),
+        (8, 0)
+    );
+    assert!(matches!(
+        Sriov::new(&fpga),
+        Err(SriovError::NotSupported(_))
+    ));
     assert!(matches!(
         PciFunction::open(&root, "0000:3b:00.1"),
         Err(PciError::NotFound(_))
     ));
-    for name in ["fpga0-region0", "fpga0-region1", "fpga0-flash", "nic0-personality"] {
+    for name in [
+        "fpga0-region0",
+        "fpga0-region1",
+        "fpga0-flash",
+        "nic0-personality",
+    ] {
         let entry = FwUpload::open(&root, name).unwrap();
         assert_eq!(entry.status().unwrap(), "idle");
         assert_eq!(entry.last_error().unwrap(), "");
     }
     for bad in ["..", ".", "a/b", ""] {
-        assert!(matches!(FwUpload::open(&root, bad), Err(FwUploadError::InvalidName(_))));
+        assert!(matches!(
+            FwUpload::open(&root, bad),
+            Err(FwUploadError::InvalidName(_))
+        ));
     }
-    assert!(matches!(FwUpload::open(&root, "nope"), Err(FwUploadError::NotFound(_))));
+    assert!(matches!(
+        FwUpload::open(&root, "nope"),
+        Err(FwUploadError::NotFound(_))
+    ));
     assert!(dir.0.join(MANIFEST).is_file());
 }
 
@@ -117,16 +155,25 @@ fn sriov_create_shrink_grow_through_the_emulator() {
     let sriov = Sriov::new(&nic).unwrap();
     let vf_dirs = |n| -> Vec<bool> {
         (0..8)
-            .map(|i| root.pci_device_dir(&tree::vf_bdf("0000:5e:00.0", i)).exists())
+            .map(|i| {
+                root.pci_device_dir(&tree::vf_bdf("0000:5e:00.0", i))
+                    .exists()
+            })
             .take(n)
             .collect()
     };
 
     sriov.set_num_vfs(4, TIMEOUT).unwrap();
     assert_eq!(sriov.num_vfs().unwrap(), 4);
-    assert_eq!(vf_dirs(8), [true, true, true, true, false, false, false, false]);
+    assert_eq!(
+        vf_dirs(8),
+        [true, true, true, true, false, false, false, false]
+    );
     let vf3 = sriov.vf(3).unwrap();
-    assert_eq!((vf3.bdf.as_str(), vf3.vendor, vf3.device), ("0000:5e:00.4", 0xacce, 0x0e02));
+    assert_eq!(
+        (vf3.bdf.as_str(), vf3.vendor, vf3.device),
+        ("0000:5e:00.4", 0xacce, 0x0e02)
+    );
     assert_eq!(vf3.bar(0).unwrap().size, 16 << 10);
     assert_eq!(
         std::fs::read_link(vf3.dir.join("physfn")).unwrap(),
@@ -138,7 +185,10 @@ fn sriov_create_shrink_grow_through_the_emulator() {
     drop(window);
 
     sriov.set_num_vfs(2, TIMEOUT).unwrap();
-    assert_eq!(vf_dirs(8), [true, true, false, false, false, false, false, false]);
+    assert_eq!(
+        vf_dirs(8),
+        [true, true, false, false, false, false, false, false]
+    );
     assert!(matches!(sriov.vf(2), Err(SriovError::NoSuchVf(2))));
 
     sriov.set_num_vfs(7, TIMEOUT).unwrap();
@@ -156,7 +206,10 @@ fn sriov_create_shrink_grow_through_the_emulator() {
     sriov.set_num_vfs(7, TIMEOUT).unwrap();
     assert!(matches!(
         sriov.set_num_vfs(9, TIMEOUT),
-        Err(SriovError::TooMany { requested: 9, total: 8 })
+        Err(SriovError::TooMany {
+            requested: 9,
+            total: 8
+        })
     ));
     assert_eq!(sriov.num_vfs().unwrap(), 7);
 
@@ -189,7 +242,11 @@ fn region_upload_sets_and_blank_clears_the_image() {
     expected.copy_from_slice(&<sha2::Sha256 as sha2::Digest>::digest(&image)[..8]);
     assert_eq!(tag, u64::from_le_bytes(expected));
     assert_eq!(region_regs(&root, 1), (0xacce_0001, 1, tag));
-    assert_eq!(region_regs(&root, 0), (0xacce_0000, 0, 0), "other region untouched");
+    assert_eq!(
+        region_regs(&root, 0),
+        (0xacce_0000, 0, 0),
+        "other region untouched"
+    );
     assert_eq!(entry.status().unwrap(), "idle");
     assert_eq!(entry.last_error().unwrap(), "");
 
@@ -232,7 +289,10 @@ fn cancel_during_transfer_applies_nothing() {
         &cancel,
         TIMEOUT,
     );
-    assert!(matches!(result, Err(FwUploadError::Cancelled)), "{result:?}");
+    assert!(
+        matches!(result, Err(FwUploadError::Cancelled)),
+        "{result:?}"
+    );
     assert_eq!(entry.status().unwrap(), "idle");
     assert_eq!(entry.last_error().unwrap(), "transferring:user-abort");
     assert_eq!(region_regs(&root, 0), (0xacce_0000, 0, 0));
@@ -261,7 +321,11 @@ fn busy_entry_is_refused_and_sriov_is_not_delayed() {
         // SR-IOV changes are handled while the upload runs.
         let nic = PciFunction::open(&root, "0000:5e:00.0").unwrap();
         Sriov::new(&nic).unwrap().set_num_vfs(3, TIMEOUT).unwrap();
-        assert_ne!(entry.status().unwrap(), "idle", "sriov waited for the upload");
+        assert_ne!(
+            entry.status().unwrap(),
+            "idle",
+            "sriov waited for the upload"
+        );
 
         running.join().unwrap().unwrap();
     });
@@ -315,7 +379,10 @@ fn scale_tree_builds_fast() {
     let started = Instant::now();
     build(&dir.0, &spec).unwrap();
     let elapsed = started.elapsed();
-    assert!(elapsed < Duration::from_millis(500), "build took {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_millis(500),
+        "build took {elapsed:?}"
+    );
     let root = HwRoot::new(&dir.0);
     let last = PciFunction::open(&root, "0000:4f:00.0").unwrap();
     let sriov = Sriov::new(&last).unwrap();

@@ -274,10 +274,7 @@ impl Tree {
             vfs.bar0_size,
             &[(REG_ID, vfs.id_base | i)],
         )?;
-        ensure_symlink(
-            Path::new(&format!("../{}", pf.bdf)),
-            &vf_dir.join("physfn"),
-        )?;
+        ensure_symlink(Path::new(&format!("../{}", pf.bdf)), &vf_dir.join("physfn"))?;
         self.link_function(&vf_bdf)?;
         ensure_symlink(
             Path::new(&format!("../{vf_bdf}")),
@@ -302,7 +299,12 @@ pub(crate) fn vf_bdf(pf_bdf: &str, i: u32) -> String {
     let device = u32::from_str_radix(&pf_bdf[8..10], 16).unwrap_or(0);
     let function = u32::from_str_radix(&pf_bdf[11..12], 16).unwrap_or(0);
     let devfn = (device << 3 | function) + 1 + i;
-    format!("{}:{:02x}.{:x}", &pf_bdf[..7], (devfn >> 3) & 0x1f, devfn & 7)
+    format!(
+        "{}:{:02x}.{:x}",
+        &pf_bdf[..7],
+        (devfn >> 3) & 0x1f,
+        devfn & 7
+    )
 }
 
 fn mkdir_all(dir: &Path) -> Result<(), SimError> {

@@ -45,7 +45,11 @@ pub struct FwUpload {
 impl FwUpload {
     /// `name`: no '/', not `.` or `..`; the directory must have loading, data and status.
     pub fn open(root: &HwRoot, name: &str) -> Result<Self, FwUploadError> {
-        if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0')
+        if name.is_empty()
+            || name == "."
+            || name == ".."
+            || name.contains('/')
+            || name.contains('\0')
         {
             return Err(FwUploadError::InvalidName(name.to_string()));
         }

@@ -44,7 +44,9 @@ impl Sriov {
         if !pf.dir.join("sriov_totalvfs").is_file() {
             return Err(SriovError::NotSupported(pf.bdf.clone()));
         }
-        Ok(Sriov { dir: pf.dir.clone() })
+        Ok(Sriov {
+            dir: pf.dir.clone(),
+        })
     }
 
     pub fn total_vfs(&self) -> Result<u32, SriovError> {
@@ -107,7 +109,12 @@ impl Sriov {
 
     /// Whether the kernel has finished: the count reads back `n` and exactly virtfn0..n-1 exist.
     fn settled(&self, n: u32) -> Result<bool, SriovError> {
-        let exists = |i: u32| self.dir.join(format!("virtfn{i}")).symlink_metadata().is_ok();
+        let exists = |i: u32| {
+            self.dir
+                .join(format!("virtfn{i}"))
+                .symlink_metadata()
+                .is_ok()
+        };
         Ok(self.num_vfs()? == n && (0..n).all(exists) && !exists(n))
     }
 

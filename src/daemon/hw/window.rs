@@ -82,10 +82,16 @@ pub enum WindowError {
     TooManyRegisters { count: u64 },
     #[error("offset {offset:#x} is not aligned to the {width}-byte access width")]
     Misaligned { offset: u64, width: u64 },
-    #[error("access of {len:#x} bytes at offset {offset:#x} is outside the window of size {size:#x}")]
+    #[error(
+        "access of {len:#x} bytes at offset {offset:#x} is outside the window of size {size:#x}"
+    )]
     OutOfRange { offset: u64, len: u64, size: u64 },
     #[error("value {value:#x} at index {index} does not fit in {width} bytes")]
-    ValueTooWide { index: usize, value: u64, width: u64 },
+    ValueTooWide {
+        index: usize,
+        value: u64,
+        width: u64,
+    },
     #[error("range {start:#x}..{end:#x} is not inside the window of size {size:#x}")]
     InvalidRange { start: u64, end: u64, size: u64 },
 }
@@ -144,8 +150,8 @@ impl SliceWindow {
         };
         let mapping_len = usize::try_from(lead + size).map_err(|_| past)?;
         let length = NonZeroUsize::new(mapping_len).ok_or(WindowError::EmptyWindow)?;
-        let file_off = nix::libc::off_t::try_from(map_offset)
-            .map_err(|_| map_err(nix::Error::EOVERFLOW))?;
+        let file_off =
+            nix::libc::off_t::try_from(map_offset).map_err(|_| map_err(nix::Error::EOVERFLOW))?;
         // SAFETY: a fresh mapping at an address the kernel picks, so it aliases no Rust object;
         // the file range was checked to exist. The pointer is only used through volatile,
         // bounds-checked accesses and unmapped exactly once in Drop.
@@ -229,7 +235,8 @@ impl SliceWindow {
 
     fn is_aligned(&self, offset: u64, width: Width) -> bool {
         // The mapping is page aligned, so absolute alignment follows from the file offset.
-        offset % width.bytes() == 0 && (self.file_offset + offset) % width.bytes() == 0
+        // Wrapping keeps the low bits exact, and an offset that large fails the range check.
+        offset % width.bytes() == 0 && self.file_offset.wrapping_add(offset) % width.bytes() == 0
     }
 
     fn check_access(&self, offset: u64, count: u64, width: Width) -> Result<(), WindowError> {
@@ -359,8 +366,14 @@ mod tests {
     #[test]
     fn width_conversions() {
         assert_eq!(Width::try_from(4).unwrap(), Width::U32);
-        assert!(matches!(Width::try_from(3), Err(WindowError::InvalidWidth(3))));
-        assert!(matches!(Width::try_from(16), Err(WindowError::InvalidWidth(16))));
+        assert!(matches!(
+            Width::try_from(3),
+            Err(WindowError::InvalidWidth(3))
+        ));
+        assert!(matches!(
+            Width::try_from(16),
+            Err(WindowError::InvalidWidth(16))
+        ));
         assert_eq!(Width::U16.max_value(), 0xffff);
         assert_eq!(Width::U64.bytes(), 8);
     }
@@ -392,14 +405,20 @@ mod tests {
     fn access_errors_are_distinct() {
         let file = resource("errors", 0x3000);
         let window = SliceWindow::open(&file.0, 0x1000, 0x100).unwrap();
-        assert!(matches!(window.read(0, 0, Width::U32), Err(WindowError::ZeroCount)));
+        assert!(matches!(
+            window.read(0, 0, Width::U32),
+            Err(WindowError::ZeroCount)
+        ));
         assert!(matches!(
             window.read(0, MAX_COUNT + 1, Width::U8),
             Err(WindowError::TooManyRegisters { .. })
         ));
         assert!(matches!(
             window.read(2, 1, Width::U32),
-            Err(WindowError::Misaligned { offset: 2, width: 4 })
+            Err(WindowError::Misaligned {
+                offset: 2,
+                width: 4
+            })
         ));
         assert!(matches!(
             window.read(0xf8, 2, Width::U64),
@@ -409,7 +428,10 @@ mod tests {
             window.read(u64::MAX - 7, 1, Width::U64),
             Err(WindowError::OutOfRange { .. })
         ));
-        assert!(matches!(window.write(0, &[], Width::U8), Err(WindowError::ZeroCount)));
+        assert!(matches!(
+            window.write(0, &[], Width::U8),
+            Err(WindowError::ZeroCount)
+        ));
         assert!(matches!(
             window.write(0, &[1, 0x1_0000], Width::U16),
             Err(WindowError::ValueTooWide { index: 1, .. })
@@ -437,32 +459,45 @@ mod tests {
         let file = resource("roundtrip", 0x4000);
         // An unaligned-to-page window: offset 0x1100 inside the file.
         let window = SliceWindow::open(&file.0, 0x1100, 0x200).unwrap();
-        window.write(0x8, &[0x0102_0304_0506_0708], Width::U64).unwrap();
-        window.write(0x10, &[0xaabb_ccdd, 0x1122_3344], Width::U32).unwrap();
+        window
+            .write(0x8, &[0x0102_0304_0506_0708], Width::U64)
+            .unwrap();
+        window
+            .write(0x10, &[0xaabb_ccdd, 0x1122_3344], Width::U32)
+            .unwrap();
         window.write(0x1fe, &[0xbeef], Width::U16).unwrap();
         assert_eq!(
             window.read(0x8, 1, Width::U64).unwrap(),
             vec![0x0102_0304_0506_0708]
         );
-        assert_eq!(window.read(0x8, 2, Width::U32).unwrap(), vec![0x0506_0708, 0x0102_0304]);
-        assert_eq!(window.read(0x10, 1, Width::U64).unwrap(), vec![0x1122_3344_aabb_ccdd]);
-        // The bytes land in the file where the window says, little endian.
         assert_eq!(
-            file_bytes(&file.0, 0x1108, 8),
-            vec![8, 7, 6, 5, 4, 3, 2, 1]
+            window.read(0x8, 2, Width::U32).unwrap(),
+            vec![0x0506_0708, 0x0102_0304]
         );
+        assert_eq!(
+            window.read(0x10, 1, Width::U64).unwrap(),
+            vec![0x1122_3344_aabb_ccdd]
+        );
+        // The bytes land in the file where the window says, little endian.
+        assert_eq!(file_bytes(&file.0, 0x1108, 8), vec![8, 7, 6, 5, 4, 3, 2, 1]);
         assert_eq!(file_bytes(&file.0, 0x12fe, 2), vec![0xef, 0xbe]);
         // Outside the window nothing changed.
         assert!(file_bytes(&file.0, 0, 0x1100).iter().all(|&b| b == 0));
 
         // A second mapping sees the first one's stores (MAP_SHARED), and zero scrubs.
         let other = SliceWindow::open(&file.0, 0x1000, 0x400).unwrap();
-        assert_eq!(other.read(0x1fe + 0x100, 1, Width::U16).unwrap(), vec![0xbeef]);
+        assert_eq!(
+            other.read(0x1fe + 0x100, 1, Width::U16).unwrap(),
+            vec![0xbeef]
+        );
         window.write(0x100, &[0xff; 16], Width::U8).unwrap();
         window.zero(0x9, 0x10b).unwrap();
         assert_eq!(window.read(0x8, 1, Width::U8).unwrap(), vec![0x08]);
         assert_eq!(window.read(0x9, 1, Width::U8).unwrap(), vec![0]);
-        assert_eq!(window.read(0x100, 12, Width::U8).unwrap()[..], [0; 11].iter().chain(&[0xff]).copied().collect::<Vec<u64>>()[..]);
+        assert_eq!(
+            window.read(0x100, 12, Width::U8).unwrap()[..],
+            [0; 11].iter().chain(&[0xff]).copied().collect::<Vec<u64>>()[..]
+        );
         assert_eq!(window.read(0x1fe, 1, Width::U16).unwrap(), vec![0xbeef]);
     }
 }
