@@ -4,9 +4,15 @@
 //! or from one file. Validation is strict: every error names the file and line. The daemon only
 //! ever swaps a whole, validated `RolePolicy` in; a bad file leaves the old one in force.
 
+mod accounts;
 mod decide;
+mod load;
 mod parse;
+mod raw;
+#[cfg(test)]
+mod tests;
 
+pub use accounts::{Accounts, StaticAccounts, SystemAccounts};
 pub use decide::RoleDecision;
 pub use parse::PolicyError;
 
