@@ -53,7 +53,7 @@ impl Failure {
             CliError::Policy(PolicyError::Invalid { .. }) => {
                 return Some("fix the file at the line named above".into())
             }
-            CliError::Policy(PolicyError::Read { .. }) => {
+            CliError::Policy(PolicyError::Read { .. } | PolicyError::NoFiles { .. }) => {
                 return Some("check the path and its permissions".into())
             }
             CliError::Usage(_) => return Some(format!("see accelctl {} --help", self.command())),
