@@ -217,7 +217,8 @@ impl Tree {
         let pf_devfn = devfn(&pf.bdf);
         let dirs = match dir.parent() {
             Some(bus_dir) => self.listed_vfs(pf, bus_dir, |name| {
-                (name.len() == 12 && name[..7] == pf.bdf[..7] && name != pf.bdf)
+                // Validated first: slicing needs a well-formed ASCII address.
+                (validate_bdf(name).is_ok() && name[..7] == pf.bdf[..7] && name != pf.bdf)
                     .then(|| devfn(name).checked_sub(pf_devfn + 1))
                     .flatten()
             }),
