@@ -56,11 +56,42 @@ pub(crate) fn poke(bar: &Path, offset: u64, bytes: &[u8]) -> Result<(), SimError
 }
 
 /// Creates a sparse BAR file of `size` bytes unless one of that size exists (a reused tree
-/// keeps its register contents, like hardware that stayed powered).
-pub(crate) fn ensure_bar(bar: &Path, size: u64) -> Result<(), SimError> {
-    if std::fs::metadata(bar).is_ok_and(|meta| meta.is_file() && meta.len() == size) {
-        return Ok(());
+/// keeps its register contents, like hardware that stayed powered), then stores the
+/// read-only ID `registers` (u32, little endian) through the same descriptor.
+pub(crate) fn ensure_bar(bar: &Path, size: u64, registers: &[(u64, u32)]) -> Result<(), SimError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(bar)
+        .map_err(SimError::io(bar))?;
+    let len = file.metadata().map_err(SimError::io(bar))?.len();
+    if len != size {
+        // A BAR of the wrong size is not this device's: start from zeroed registers.
+        file.set_len(0).map_err(SimError::io(bar))?;
+        file.set_len(size).map_err(SimError::io(bar))?;
     }
-    let file = std::fs::File::create(bar).map_err(SimError::io(bar))?;
-    file.set_len(size).map_err(SimError::io(bar))
+    for &(offset, value) in registers {
+        file.write_all_at(&value.to_le_bytes(), offset)
+            .map_err(SimError::io(bar))?;
+    }
+    Ok(())
+}
+
+/// Creates `path` with `contents` unless it exists. Used while building, when no reader is
+/// running yet; a torn write from a crash is repaired by the next build.
+pub(crate) fn create_if_missing(path: &Path, contents: &str) -> Result<(), SimError> {
+    use std::io::Write;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+    {
+        Ok(mut file) => file
+            .write_all(contents.as_bytes())
+            .map_err(SimError::io(path)),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(err) => Err(SimError::io(path)(err)),
+    }
 }

@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::files::{ensure_bar, ensure_symlink, poke, read_attr, remove_if_present, write_atomic};
+use super::files::{
+    create_if_missing, ensure_bar, ensure_symlink, read_attr, remove_if_present, write_atomic,
+};
 use super::spec::{PfSpec, SimSpec, VfSpec, REG_ID, REG_REGION_ID};
 use super::SimError;
 use crate::daemon::hw::pci::validate_bdf;
@@ -112,10 +114,8 @@ impl Tree {
         if let Some(vfs) = &pf.sriov {
             resources.resize(IOV_RESOURCE_LINE, (0, 0));
             resources.push((vf_bar_base(bar_start), vfs.bar0_size * u64::from(vfs.total)));
-            write_atomic(&dir.join("sriov_totalvfs"), &format!("{}\n", vfs.total))?;
-            if read_attr(&dir.join("sriov_numvfs")).is_none() {
-                write_atomic(&dir.join("sriov_numvfs"), "0\n")?;
-            }
+            write_file(&dir.join("sriov_totalvfs"), &format!("{}\n", vfs.total))?;
+            create_if_missing(&dir.join("sriov_numvfs"), "0\n")?;
         }
         let mut registers = vec![(REG_ID, pf.id)];
         for (n, region) in pf.regions.iter().enumerate() {
@@ -153,10 +153,7 @@ impl Tree {
         }
         write_file(&dir.join("resource"), &resource)?;
         let bar = dir.join("resource0");
-        ensure_bar(&bar, bar0_size)?;
-        for &(offset, value) in registers {
-            poke(&bar, offset, &value.to_le_bytes())?;
-        }
+        ensure_bar(&bar, bar0_size, registers)?;
         ensure_symlink(
             Path::new(&format!("../../../bus/pci/drivers/{DRIVER}")),
             &dir.join("driver"),
@@ -176,10 +173,7 @@ impl Tree {
         let dir = self.fw_dir(name);
         mkdir_all(&dir)?;
         for (file, initial) in FW_FILES {
-            let path = dir.join(file);
-            if !path.exists() {
-                write_atomic(&path, initial)?;
-            }
+            create_if_missing(&dir.join(file), initial)?;
         }
         // An upload that was running when the previous emulator died did not complete.
         let status = read_attr(&dir.join("status")).unwrap_or_default();
@@ -217,21 +211,56 @@ impl Tree {
                 existing
             }
         };
+        // One directory listing each instead of a lookup per possible VF: building many PFs
+        // with many VFs must stay fast.
+        let links = self.listed_vfs(pf, &dir, |name| name.strip_prefix("virtfn")?.parse().ok());
+        let pf_devfn = devfn(&pf.bdf);
+        let dirs = match dir.parent() {
+            Some(bus_dir) => self.listed_vfs(pf, bus_dir, |name| {
+                // Validated first: slicing needs a well-formed ASCII address.
+                (validate_bdf(name).is_ok() && name[..7] == pf.bdf[..7] && name != pf.bdf)
+                    .then(|| devfn(name).checked_sub(pf_devfn + 1))
+                    .flatten()
+            }),
+            None => Vec::new(),
+        };
         // Removal from the top down, creation from the bottom up, so virtfn0.. stay gap-free.
-        for i in (wanted..vfs.total).rev() {
+        let mut stale: Vec<u32> = links
+            .iter()
+            .chain(&dirs)
+            .copied()
+            .filter(|&i| i >= wanted)
+            .collect();
+        stale.sort_unstable_by(|a, b| b.cmp(a));
+        stale.dedup();
+        for i in stale {
             let vf_bdf = vf_bdf(&pf.bdf, i);
-            let link = dir.join(format!("virtfn{i}"));
             let vf_dir = self.function_dir(&vf_bdf);
-            if link.symlink_metadata().is_ok() || vf_dir.exists() {
-                self.remove_vf(&link, &vf_bdf, &vf_dir)?;
-            }
+            self.remove_vf(&dir.join(format!("virtfn{i}")), &vf_bdf, &vf_dir)?;
         }
         for i in 0..wanted {
-            if dir.join(format!("virtfn{i}")).symlink_metadata().is_err() {
+            if !links.contains(&i) {
                 self.create_vf(pf, vfs, i)?;
             }
         }
         Ok(())
+    }
+
+    /// VF indexes (below the PF's total) named by entries of `dir`, via `index_of`.
+    fn listed_vfs(
+        &self,
+        pf: &PfSpec,
+        dir: &Path,
+        index_of: impl Fn(&str) -> Option<u32>,
+    ) -> Vec<u32> {
+        let total = pf.sriov.as_ref().map_or(0, |vfs| vfs.total);
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|entry| index_of(entry.ok()?.file_name().to_str()?))
+            .filter(|&i| i < total)
+            .collect()
     }
 
     fn remove_vf(&self, link: &Path, vf_bdf: &str, vf_dir: &Path) -> Result<(), SimError> {
@@ -294,11 +323,16 @@ fn vf_bar_base(pf_bar: u64) -> u64 {
     pf_bar + 0x8000_0000
 }
 
+/// Device and function of a validated PCI address as one number (the routing ID's low byte).
+fn devfn(bdf: &str) -> u32 {
+    let device = u32::from_str_radix(&bdf[8..10], 16).unwrap_or(0);
+    let function = u32::from_str_radix(&bdf[11..12], 16).unwrap_or(0);
+    device << 3 | function
+}
+
 /// PCI address of VF `i` of a PF: routing ID = PF devfn + 1 + i (first VF offset 1, stride 1).
 pub(crate) fn vf_bdf(pf_bdf: &str, i: u32) -> String {
-    let device = u32::from_str_radix(&pf_bdf[8..10], 16).unwrap_or(0);
-    let function = u32::from_str_radix(&pf_bdf[11..12], 16).unwrap_or(0);
-    let devfn = (device << 3 | function) + 1 + i;
+    let devfn = devfn(pf_bdf) + 1 + i;
     format!(
         "{}:{:02x}.{:x}",
         &pf_bdf[..7],
@@ -311,6 +345,11 @@ fn mkdir_all(dir: &Path) -> Result<(), SimError> {
     std::fs::create_dir_all(dir).map_err(SimError::io(dir))
 }
 
+/// Writes `path` unless it already holds `contents`: reusing a tree then costs reads only,
+/// which matters on a busy disk where every metadata update is journaled.
 fn write_file(path: &Path, contents: &str) -> Result<(), SimError> {
+    if std::fs::read(path).is_ok_and(|existing| existing == contents.as_bytes()) {
+        return Ok(());
+    }
     std::fs::write(path, contents).map_err(SimError::io(path))
 }

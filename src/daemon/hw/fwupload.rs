@@ -82,7 +82,8 @@ impl FwUpload {
     /// image to data (O_WRONLY|O_TRUNC, in chunks); write "0" to loading; wait for status to
     /// leave "receiving"; poll until "idle", calling progress(0..=1) from remaining_size while
     /// transferring (1.0 at the end). error "" = Ok, else Err(Device(text)). If `cancel` is set
-    /// before status reaches "programming": write "1" to cancel, wait for idle, Err(Cancelled).
+    /// before status reaches "programming": write "1" to cancel, wait for idle, Err(Cancelled)
+    /// (Ok if the device completed anyway, having reached "programming" in the meantime).
     /// After "programming" a cancel request is ignored (point of no return). Overall timeout ->
     /// Err(Timeout).
     pub fn upload(
@@ -132,7 +133,17 @@ impl FwUpload {
             if !programming && cancel.load(Ordering::Relaxed) {
                 self.write("cancel", "1")?;
                 self.wait_status(deadline, |s| s == "idle")?;
-                return Err(FwUploadError::Cancelled);
+                // The device may have passed the point of no return just before the request
+                // arrived; then the upload completed and saying "cancelled" would be false.
+                let error = self.last_error()?;
+                return if error.is_empty() {
+                    progress(1.0);
+                    Ok(())
+                } else if error.ends_with(":user-abort") {
+                    Err(FwUploadError::Cancelled)
+                } else {
+                    Err(FwUploadError::Device(error))
+                };
             }
             if Instant::now() >= deadline {
                 if !programming {

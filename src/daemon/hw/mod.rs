@@ -8,7 +8,7 @@ pub mod sriov;
 pub mod window;
 
 pub use fwupload::{FwUpload, FwUploadError};
-pub use pci::{BarInfo, PciError, PciFunction};
+pub use pci::{validate_bdf, BarInfo, PciError, PciFunction};
 pub use sriov::{Sriov, SriovError};
 pub use window::{SliceWindow, Width, WindowError, MAX_COUNT};
 

@@ -358,6 +358,21 @@ mod tests {
     }
 
     #[test]
+    fn window_can_be_shared_between_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<SliceWindow>();
+        let file = resource("threads", 0x1000);
+        let window = SliceWindow::open(&file.0, 0, 0x1000).unwrap();
+        std::thread::scope(|scope| {
+            for t in 0..4u64 {
+                let window = &window;
+                scope.spawn(move || window.write(t * 8, &[t + 1], Width::U64).unwrap());
+            }
+        });
+        assert_eq!(window.read(0, 4, Width::U64).unwrap(), vec![1, 2, 3, 4]);
+    }
+
+    #[test]
     fn page_size_is_sane() {
         let page = page_size();
         assert!(page.is_power_of_two() && page >= 4096);
