@@ -195,26 +195,20 @@ fn merge(
 
     for fragment in &fragments {
         for d in &fragment.devices {
-            let here = || FirstSeen {
+            let seen_at = |line| FirstSeen {
                 file: fragment.file.clone(),
-                line: d.id_line,
+                line,
             };
             if let Some(first) = device_ids.get(&d.policy.id) {
                 let what = format!("duplicate device id '{}'", d.policy.id);
                 return Err(duplicate(&fragment.file, d.id_line, what, first));
             }
-            device_ids.insert(d.policy.id.clone(), here());
+            device_ids.insert(d.policy.id.clone(), seen_at(d.id_line));
             if let Some(first) = pcis.get(&d.policy.pci) {
                 let what = format!("duplicate PCI address '{}'", d.policy.pci);
                 return Err(duplicate(&fragment.file, d.pci_line, what, first));
             }
-            pcis.insert(
-                d.policy.pci.clone(),
-                FirstSeen {
-                    file: fragment.file.clone(),
-                    line: d.pci_line,
-                },
-            );
+            pcis.insert(d.policy.pci.clone(), seen_at(d.pci_line));
         }
         for r in &fragment.roles {
             if let Some(first) = role_ids.get(&r.role.id) {

@@ -262,3 +262,21 @@ fn roles_and_operations_for_a_caller() {
     assert_eq!(p.operations_for(0, &[]), Operation::ALL.to_vec());
     assert_eq!(p.operations_for(BOB, &[]), vec![SliceRead]);
 }
+
+#[test]
+fn slice_ids_and_vf_indices() {
+    let p = policy();
+    assert_eq!(p.device("fpga0").unwrap().slice_ids(), ["region0"]);
+    let nic = p.device("nic0").unwrap();
+    let ids = nic.slice_ids();
+    assert_eq!(ids.len(), 8);
+    assert_eq!((ids[0].as_str(), ids[7].as_str()), ("vf0", "vf7"));
+    let vfs = nic.vfs.as_ref().unwrap();
+    assert_eq!(vfs.index_of("vf0"), Some(0));
+    assert_eq!(vfs.index_of("vf7"), Some(7));
+    for not_a_vf in [
+        "vf8", "vf01", "vf+1", "vf", "vf-1", "region0", "VF1", " vf1",
+    ] {
+        assert_eq!(vfs.index_of(not_a_vf), None, "{not_a_vf}");
+    }
+}

@@ -96,3 +96,18 @@ fn garbage() {
         }
     }
 }
+
+#[test]
+fn deep_nesting_and_huge_inputs() {
+    for depth in [1_000, 100_000] {
+        let _ = parse(&format!("a = {}", "[".repeat(depth)));
+        let _ = parse(&format!("a = {}1{}", "[".repeat(depth), "]".repeat(depth)));
+        let _ = parse(&format!("a = {}", "{ b = ".repeat(depth)));
+        let _ = parse(&format!(
+            "[[role]]\nid = \"r\"\nusers = {}",
+            "[".repeat(depth)
+        ));
+    }
+    let _ = parse(&"[[device]]\n".repeat(20_000));
+    let _ = parse(&format!("{}x", "#".repeat(1 << 20)));
+}
