@@ -66,10 +66,28 @@ impl From<AccelError> for ClientError {
     }
 }
 
+/// What a bus or object server says when no object is at a path: for the caller that is the
+/// same as the daemon's `NotFound`.
+const UNKNOWN_OBJECT: &str = "org.freedesktop.DBus.Error.UnknownObject";
+
 impl From<zbus::Error> for ClientError {
-    /// Bus errors carrying an `org.accelgate.Accel1.Error.*` name become that kind.
+    /// Bus errors carrying an `org.accelgate.Accel1.Error.*` name become that kind, and so does
+    /// `UnknownObject` (`NotFound`).
     fn from(e: zbus::Error) -> Self {
-        ClientError::Accel(AccelError::from(e))
+        let unknown_object = match &e {
+            zbus::Error::MethodError(name, description, _) if name.as_str() == UNKNOWN_OBJECT => {
+                Some(description.clone().unwrap_or_default())
+            }
+            zbus::Error::FDO(fdo) => match fdo.as_ref() {
+                zbus::fdo::Error::UnknownObject(description) => Some(description.clone()),
+                _ => None,
+            },
+            _ => None,
+        };
+        match unknown_object {
+            Some(description) => ClientError::Accel(AccelError::NotFound(description)),
+            None => ClientError::Accel(AccelError::from(e)),
+        }
     }
 }
 
@@ -118,17 +136,26 @@ mod tests {
 
     #[test]
     fn accelgate_error_names_become_kinds() {
-        let name = zbus::names::OwnedErrorName::try_from("org.accelgate.Accel1.Error.NotFound")
-            .unwrap();
+        let name =
+            zbus::names::OwnedErrorName::try_from("org.accelgate.Accel1.Error.NotFound").unwrap();
         let e = ClientError::from(zbus::Error::MethodError(
             name,
             Some("no such slice".into()),
             zbus::message::Message::method_call("/", "X")
-                .unwrap()
                 .build(&())
                 .unwrap(),
         ));
         assert!(matches!(e.accel(), Some(AccelError::NotFound(m)) if m == "no such slice"));
         assert_eq!(e.bus_error_name(), None);
+
+        let name = zbus::names::OwnedErrorName::try_from(UNKNOWN_OBJECT).unwrap();
+        let e = ClientError::from(zbus::Error::MethodError(
+            name,
+            Some("Unknown object '/x'".into()),
+            zbus::message::Message::method_call("/", "X")
+                .build(&())
+                .unwrap(),
+        ));
+        assert!(matches!(e.accel(), Some(AccelError::NotFound(m)) if m == "Unknown object '/x'"));
     }
 }

@@ -33,6 +33,8 @@
 mod error;
 mod image;
 mod job;
+#[cfg(test)]
+mod mock_tests;
 pub mod proxy;
 mod types;
 
@@ -312,9 +314,7 @@ impl Client {
         proxy
             .call_with_flags(method, flags, body)
             .await?
-            .ok_or_else(|| {
-                crate::AccelError::Failed(format!("no reply to {method}")).into()
-            })
+            .ok_or_else(|| crate::AccelError::Failed(format!("no reply to {method}")).into())
     }
 
     async fn send_image(
@@ -446,7 +446,10 @@ mod tests {
             "/org/accelgate/Accel1/devices/fpga0/slices/vf1"
         );
         assert!(matches!(device_object("../x"), Err(ClientError::InvalidId(id)) if id == "../x"));
-        assert!(matches!(slice_object("fpga0", ""), Err(ClientError::InvalidId(_))));
+        assert!(matches!(
+            slice_object("fpga0", ""),
+            Err(ClientError::InvalidId(_))
+        ));
     }
 
     #[test]

@@ -166,7 +166,6 @@ mod tests {
 
     fn bus_error(name: &str) -> ClientError {
         let message = zbus::message::Message::method_call("/", "X")
-            .unwrap()
             .build(&())
             .unwrap();
         ClientError::from(zbus::Error::MethodError(
@@ -196,7 +195,11 @@ mod tests {
 
     #[test]
     fn not_found_exits_4_and_others_1() {
-        let f = failure("show x", None, AccelError::NotFound("no such device".into()));
+        let f = failure(
+            "show x",
+            None,
+            AccelError::NotFound("no such device".into()),
+        );
         assert_eq!(f.exit_code(), EXIT_NOT_FOUND);
         assert!(f.hint().unwrap().contains("accelctl devices"));
         let f = failure("flash d", None, AccelError::Locked("locked".into()));
@@ -241,6 +244,9 @@ mod tests {
                 source: std::io::Error::from(std::io::ErrorKind::NotFound),
             }),
         };
-        assert_eq!(f.line(), "accelctl: program d/s: cannot read app.bit: entity not found");
+        assert_eq!(
+            f.line(),
+            "accelctl: program d/s: cannot read app.bit: entity not found"
+        );
     }
 }
