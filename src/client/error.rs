@@ -9,10 +9,10 @@ use crate::error::AccelError;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The daemon (or the bus on its behalf) refused or failed the request.
-    #[error("{0}")]
+    #[error("{}", accel_text(.0))]
     Accel(AccelError),
     /// No connection to the bus could be made.
-    #[error("cannot connect to the {bus} bus")]
+    #[error("cannot connect to {}", bus_text(bus))]
     Connect {
         bus: String,
         #[source]
@@ -34,6 +34,21 @@ pub enum ClientError {
     /// The sealed memory file for an image could not be made.
     #[error("cannot make a sealed memfd for the image")]
     Seal(#[source] std::io::Error),
+}
+
+/// `Kind: message` for the daemon's errors; a bus error already names itself.
+fn accel_text(error: &AccelError) -> String {
+    match error {
+        AccelError::ZBus(e) => e.to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn bus_text(bus: &str) -> String {
+    match bus {
+        "system" | "session" => format!("the {bus} bus"),
+        address => format!("bus {address}"),
+    }
 }
 
 impl ClientError {
@@ -132,6 +147,22 @@ mod tests {
         assert!(matches!(&e, AccelError::Failed(m) if m == "Oops: x"));
         let e = job_failure("device fell off the bus");
         assert!(matches!(&e, AccelError::Failed(m) if m == "device fell off the bus"));
+    }
+
+    #[test]
+    fn messages_name_the_bus_and_the_kind() {
+        let e = ClientError::Connect {
+            bus: "unix:path=/tmp/b".into(),
+            source: zbus::Error::Unsupported,
+        };
+        assert_eq!(e.to_string(), "cannot connect to bus unix:path=/tmp/b");
+        let e = ClientError::Connect {
+            bus: "system".into(),
+            source: zbus::Error::Unsupported,
+        };
+        assert_eq!(e.to_string(), "cannot connect to the system bus");
+        let e = ClientError::from(AccelError::Locked("firmware locked".into()));
+        assert_eq!(e.to_string(), "Locked: firmware locked");
     }
 
     #[test]

@@ -64,7 +64,9 @@ impl Failure {
         };
         match client {
             ClientError::Accel(accel) => self.accel_hint(client, accel),
-            ClientError::Connect { .. } => Some(BUS_HINT.into()),
+            ClientError::Connect { .. } => {
+                Some("is the D-Bus daemon running? set --bus/ACCELGATE_BUS".into())
+            }
             ClientError::InvalidId(_) => Some("ids are letters, digits and '_'".into()),
             ClientError::ReadFile { .. } => Some("check the path and its permissions".into()),
             ClientError::ImageTooLarge { .. } => Some("is this the right image file?".into()),
@@ -218,6 +220,10 @@ mod tests {
         };
         assert_eq!(f.hint().unwrap(), BUS_HINT);
         assert_eq!(f.exit_code(), EXIT_ERROR);
+        assert_eq!(
+            f.line(),
+            "accelctl: devices: org.freedesktop.DBus.Error.ServiceUnknown: no"
+        );
         let f = Failure {
             what: "devices".into(),
             operation: None,
