@@ -153,7 +153,8 @@ impl MockDevice {
         Ok(add_job(server, 1, job).await)
     }
 
-    /// A job that runs until the test says so, then fails unless signed.
+    /// Signed: a job that has ended, well if the signature is `sig`. Unsigned: a job that runs
+    /// until the test says so, then fails.
     async fn flash(
         &self,
         image: zbus::OwnedFd,
@@ -161,9 +162,15 @@ impl MockDevice {
         #[zbus(object_server)] server: &ObjectServer,
     ) -> Result<OwnedObjectPath, AccelError> {
         read_sealed(&image)?;
-        let signed = options
-            .get("signature")
-            .is_some_and(|v| Vec::<u8>::try_from(v.try_clone().unwrap()).unwrap() == b"sig");
+        if let Some(signature) = options.get("signature") {
+            let signature = Vec::<u8>::try_from(signature.try_clone().unwrap()).unwrap();
+            let job = if signature == b"sig" {
+                MockJob::ended("succeeded", "flashed".into())
+            } else {
+                MockJob::ended("failed", "VerificationFailed: wrong key".into())
+            };
+            return Ok(add_job(server, 3, job).await);
+        }
         let mut steps = self.steps.lock().unwrap().take().unwrap();
         let job = MockJob::ended("running", String::new());
         let path = add_job(server, 2, job).await;
@@ -179,17 +186,13 @@ impl MockDevice {
                 .await
                 .unwrap();
             steps.recv().await.unwrap();
-            let (state, message) = if signed {
-                ("succeeded", "flashed")
-            } else {
-                ("failed", "VerificationFailed: no valid signature")
-            };
+            let message = "VerificationFailed: no valid signature";
             {
                 let mut j = job.get_mut().await;
-                j.state = state.into();
+                j.state = "failed".into();
                 j.message = message.into();
             }
-            MockJob::completed(job.signal_emitter(), signed, message)
+            MockJob::completed(job.signal_emitter(), false, message)
                 .await
                 .unwrap();
         });
@@ -464,6 +467,10 @@ async fn client_talks_to_a_daemon() {
     let job = client.configure("fpga0", &image, false).await.unwrap();
     let message = client.wait_job(&job, |_| {}).await.unwrap();
     assert_eq!(message, "loaded 11 bytes");
+
+    // The signature travels as bytes in the options.
+    let job = client.flash("fpga0", &image, Some(b"sig")).await.unwrap();
+    assert_eq!(client.wait_job(&job, |_| {}).await.unwrap(), "flashed");
 
     // A running job: each progress report lets the job take its next step, so the test
     // proves that the waiter was subscribed before the job moved.
