@@ -102,6 +102,9 @@ pub(crate) async fn wait(
                     .filter(|state| state != "running");
                 if let Some(state) = ended_state {
                     if let Some(result) = outcome(&state, job.message().await?) {
+                        if result.is_ok() {
+                            on_progress(1.0);
+                        }
                         return Ok(result?);
                     }
                 }
