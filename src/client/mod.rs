@@ -65,11 +65,14 @@ pub struct Client {
 
 impl Client {
     /// Connects to `bus`: `"system"`, `"session"` or a D-Bus address
-    /// (`unix:path=/run/dbus/system_bus_socket`). `None` means `$ACCELGATE_BUS` if set and
-    /// non-empty, else the system bus.
+    /// (`unix:path=/run/dbus/system_bus_socket`). `None` (or empty) means `$ACCELGATE_BUS` if
+    /// set and non-empty, else the system bus.
     pub async fn connect(bus: Option<&str>) -> Result<Client, ClientError> {
         let from_env = std::env::var(BUS_ENV).ok().filter(|b| !b.is_empty());
-        let bus = bus.map(str::to_owned).or(from_env);
+        let bus = bus
+            .filter(|b| !b.is_empty())
+            .map(str::to_owned)
+            .or(from_env);
         let bus = bus.as_deref().unwrap_or("system");
         let connect_error = |source| ClientError::Connect {
             bus: bus.to_owned(),
