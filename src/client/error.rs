@@ -9,10 +9,10 @@ use crate::error::AccelError;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The daemon (or the bus on its behalf) refused or failed the request.
-    #[error("{0}")]
+    #[error("{}", accel_text(.0))]
     Accel(AccelError),
     /// No connection to the bus could be made.
-    #[error("cannot connect to the {bus} bus")]
+    #[error("cannot connect to {}", bus_text(bus))]
     Connect {
         bus: String,
         #[source]
@@ -34,6 +34,21 @@ pub enum ClientError {
     /// The sealed memory file for an image could not be made.
     #[error("cannot make a sealed memfd for the image")]
     Seal(#[source] std::io::Error),
+}
+
+/// `Kind: message` for the daemon's errors; a bus error already names itself.
+fn accel_text(error: &AccelError) -> String {
+    match error {
+        AccelError::ZBus(e) => e.to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn bus_text(bus: &str) -> String {
+    match bus {
+        "system" | "session" => format!("the {bus} bus"),
+        address => format!("bus {address}"),
+    }
 }
 
 impl ClientError {
@@ -66,10 +81,28 @@ impl From<AccelError> for ClientError {
     }
 }
 
+/// What a bus or object server says when no object is at a path: for the caller that is the
+/// same as the daemon's `NotFound`.
+const UNKNOWN_OBJECT: &str = "org.freedesktop.DBus.Error.UnknownObject";
+
 impl From<zbus::Error> for ClientError {
-    /// Bus errors carrying an `org.accelgate.Accel1.Error.*` name become that kind.
+    /// Bus errors carrying an `org.accelgate.Accel1.Error.*` name become that kind, and so does
+    /// `UnknownObject` (`NotFound`).
     fn from(e: zbus::Error) -> Self {
-        ClientError::Accel(AccelError::from(e))
+        let unknown_object = match &e {
+            zbus::Error::MethodError(name, description, _) if name.as_str() == UNKNOWN_OBJECT => {
+                Some(description.clone().unwrap_or_default())
+            }
+            zbus::Error::FDO(fdo) => match fdo.as_ref() {
+                zbus::fdo::Error::UnknownObject(description) => Some(description.clone()),
+                _ => None,
+            },
+            _ => None,
+        };
+        match unknown_object {
+            Some(description) => ClientError::Accel(AccelError::NotFound(description)),
+            None => ClientError::Accel(AccelError::from(e)),
+        }
     }
 }
 
@@ -117,18 +150,43 @@ mod tests {
     }
 
     #[test]
+    fn messages_name_the_bus_and_the_kind() {
+        let e = ClientError::Connect {
+            bus: "unix:path=/tmp/b".into(),
+            source: zbus::Error::Unsupported,
+        };
+        assert_eq!(e.to_string(), "cannot connect to bus unix:path=/tmp/b");
+        let e = ClientError::Connect {
+            bus: "system".into(),
+            source: zbus::Error::Unsupported,
+        };
+        assert_eq!(e.to_string(), "cannot connect to the system bus");
+        let e = ClientError::from(AccelError::Locked("firmware locked".into()));
+        assert_eq!(e.to_string(), "Locked: firmware locked");
+    }
+
+    #[test]
     fn accelgate_error_names_become_kinds() {
-        let name = zbus::names::OwnedErrorName::try_from("org.accelgate.Accel1.Error.NotFound")
-            .unwrap();
+        let name =
+            zbus::names::OwnedErrorName::try_from("org.accelgate.Accel1.Error.NotFound").unwrap();
         let e = ClientError::from(zbus::Error::MethodError(
             name,
             Some("no such slice".into()),
             zbus::message::Message::method_call("/", "X")
-                .unwrap()
                 .build(&())
                 .unwrap(),
         ));
         assert!(matches!(e.accel(), Some(AccelError::NotFound(m)) if m == "no such slice"));
         assert_eq!(e.bus_error_name(), None);
+
+        let name = zbus::names::OwnedErrorName::try_from(UNKNOWN_OBJECT).unwrap();
+        let e = ClientError::from(zbus::Error::MethodError(
+            name,
+            Some("Unknown object '/x'".into()),
+            zbus::message::Message::method_call("/", "X")
+                .build(&())
+                .unwrap(),
+        ));
+        assert!(matches!(e.accel(), Some(AccelError::NotFound(m)) if m == "Unknown object '/x'"));
     }
 }

@@ -137,7 +137,10 @@ mod tests {
         assert!(file.set_len(1).is_err(), "shrink a sealed memfd");
         assert!(file.set_len(100).is_err(), "grow a sealed memfd");
         let more = fcntl(&file, FcntlArg::F_ADD_SEALS(SealFlag::empty()));
-        assert!(more.is_err(), "F_SEAL_SEAL must forbid further seal changes");
+        assert!(
+            more.is_err(),
+            "F_SEAL_SEAL must forbid further seal changes"
+        );
 
         let mut back = Vec::new();
         file.seek(SeekFrom::Start(0)).unwrap();
@@ -174,7 +177,9 @@ mod tests {
     #[test]
     fn missing_file_is_a_read_error_naming_the_path() {
         let err = SealedImage::from_path(Path::new("/nonexistent/accelgate.bin")).unwrap_err();
-        assert!(matches!(&err, ClientError::ReadFile { path, .. } if path.ends_with("accelgate.bin")));
+        assert!(
+            matches!(&err, ClientError::ReadFile { path, .. } if path.ends_with("accelgate.bin"))
+        );
         assert_eq!(err.to_string(), "cannot read /nonexistent/accelgate.bin");
     }
 }

@@ -70,15 +70,15 @@ pub(crate) async fn wait(
             signal = next(&mut completed) => {
                 let Some(signal) = signal else { break };
                 let args = signal.args()?;
-                // The signal cannot tell failed from cancelled; the State property can.
+                // The signal cannot tell failed from cancelled; the State property can, once
+                // the daemon has set it.
                 let state = match job.state().await {
-                    Ok(state) => state,
-                    Err(_) if *args.success() => "succeeded".to_owned(),
-                    Err(_) => "failed".to_owned(),
+                    Ok(state) if state != "running" => state,
+                    _ if *args.success() => "succeeded".to_owned(),
+                    _ => "failed".to_owned(),
                 };
-                let ended = outcome(&state, args.message().clone()).unwrap_or_else(|| {
-                    Err(AccelError::Failed("job signalled completion while running".into()))
-                });
+                let ended = outcome(&state, args.message().clone())
+                    .unwrap_or_else(|| Err(AccelError::Failed(args.message().clone())));
                 if ended.is_ok() {
                     on_progress(1.0);
                 }
@@ -102,6 +102,9 @@ pub(crate) async fn wait(
                     .filter(|state| state != "running");
                 if let Some(state) = ended_state {
                     if let Some(result) = outcome(&state, job.message().await?) {
+                        if result.is_ok() {
+                            on_progress(1.0);
+                        }
                         return Ok(result?);
                     }
                 }

@@ -33,6 +33,8 @@
 mod error;
 mod image;
 mod job;
+#[cfg(test)]
+mod mock_tests;
 pub mod proxy;
 mod types;
 
@@ -63,11 +65,14 @@ pub struct Client {
 
 impl Client {
     /// Connects to `bus`: `"system"`, `"session"` or a D-Bus address
-    /// (`unix:path=/run/dbus/system_bus_socket`). `None` means `$ACCELGATE_BUS` if set and
-    /// non-empty, else the system bus.
+    /// (`unix:path=/run/dbus/system_bus_socket`). `None` (or empty) means `$ACCELGATE_BUS` if
+    /// set and non-empty, else the system bus.
     pub async fn connect(bus: Option<&str>) -> Result<Client, ClientError> {
         let from_env = std::env::var(BUS_ENV).ok().filter(|b| !b.is_empty());
-        let bus = bus.map(str::to_owned).or(from_env);
+        let bus = bus
+            .filter(|b| !b.is_empty())
+            .map(str::to_owned)
+            .or(from_env);
         let bus = bus.as_deref().unwrap_or("system");
         let connect_error = |source| ClientError::Connect {
             bus: bus.to_owned(),
@@ -312,9 +317,7 @@ impl Client {
         proxy
             .call_with_flags(method, flags, body)
             .await?
-            .ok_or_else(|| {
-                crate::AccelError::Failed(format!("no reply to {method}")).into()
-            })
+            .ok_or_else(|| crate::AccelError::Failed(format!("no reply to {method}")).into())
     }
 
     async fn send_image(
@@ -446,7 +449,10 @@ mod tests {
             "/org/accelgate/Accel1/devices/fpga0/slices/vf1"
         );
         assert!(matches!(device_object("../x"), Err(ClientError::InvalidId(id)) if id == "../x"));
-        assert!(matches!(slice_object("fpga0", ""), Err(ClientError::InvalidId(_))));
+        assert!(matches!(
+            slice_object("fpga0", ""),
+            Err(ClientError::InvalidId(_))
+        ));
     }
 
     #[test]

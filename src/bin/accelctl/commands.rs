@@ -23,7 +23,9 @@ pub fn describe(command: &Command) -> (String, Option<Operation>) {
     match command {
         Command::Devices => ("devices".into(), None),
         Command::Slices { device } => (
-            format!("slices {}", device.as_deref().unwrap_or("")).trim_end().into(),
+            format!("slices {}", device.as_deref().unwrap_or(""))
+                .trim_end()
+                .into(),
             None,
         ),
         Command::Show { target } => (format!("show {}", target_name(target)), None),
@@ -135,17 +137,15 @@ async fn dispatch(cli: &Cli) -> Result<(), CliError> {
         }) => {
             let image = SealedImage::from_path(image)?;
             let signature = match signature {
-                Some(path) => Some(std::fs::read(path).map_err(|source| {
-                    ClientError::ReadFile {
+                Some(path) => {
+                    Some(std::fs::read(path).map_err(|source| ClientError::ReadFile {
                         path: path.clone(),
                         source,
-                    }
-                })?),
+                    })?)
+                }
                 None => None,
             };
-            let job = client
-                .flash(device, &image, signature.as_deref())
-                .await?;
+            let job = client.flash(device, &image, signature.as_deref()).await?;
             follow_job(client, format!("firmware flash {device}"), job, json).await
         }
         Command::Firmware(FirmwareCommand::Status { device }) => {
@@ -178,7 +178,11 @@ async fn dispatch(cli: &Cli) -> Result<(), CliError> {
 }
 
 /// Prints `value` as JSON, or the human text.
-fn emit(json: bool, value: &impl Serialize, human: impl FnOnce() -> String) -> Result<(), CliError> {
+fn emit(
+    json: bool,
+    value: &impl Serialize,
+    human: impl FnOnce() -> String,
+) -> Result<(), CliError> {
     let text = if json {
         let mut text = serde_json::to_string_pretty(value)
             .map_err(|e| CliError::Output(std::io::Error::other(e)))?;
@@ -203,7 +207,9 @@ async fn devices(client: &Client, json: bool) -> Result<(), CliError> {
     emit(json, &devices, || {
         let rows: Vec<Vec<String>> = devices.iter().map(device_row).collect();
         table(
-            &["DEVICE", "PCI", "KIND", "ID", "DRIVER", "VFS", "FIRMWARE", "SLICES"],
+            &[
+                "DEVICE", "PCI", "KIND", "ID", "DRIVER", "VFS", "FIRMWARE", "SLICES",
+            ],
             &rows,
         )
     })
@@ -262,7 +268,10 @@ async fn show(client: &Client, target: &TargetArg, json: bool) -> Result<(), Cli
                     ("device", d.id.clone()),
                     ("pci address", d.pci_address.clone()),
                     ("kind", or_dash(&d.kind)),
-                    ("vendor:product", format!("{:04x}:{:04x}", d.vendor_id, d.product_id)),
+                    (
+                        "vendor:product",
+                        format!("{:04x}:{:04x}", d.vendor_id, d.product_id),
+                    ),
                     ("driver", or_dash(&d.driver)),
                     ("vfs", format!("{} of {}", d.num_vfs, d.total_vfs)),
                     ("firmware version", or_dash(&d.firmware_version)),
@@ -356,7 +365,10 @@ async fn write(
         .await?;
     let result = json!({ "slice": slice.to_string(), "offset": offset, "written": values.len() });
     emit(json, &result, || {
-        format!("wrote {} register(s) at {offset:#x} in {slice}\n", values.len())
+        format!(
+            "wrote {} register(s) at {offset:#x} in {slice}\n",
+            values.len()
+        )
     })
 }
 
@@ -392,7 +404,11 @@ async fn map_test(client: &Client, slice: &SliceArg, json: bool) -> Result<(), C
 
     let result = json!({ "slice": slice.to_string(), "size": file_len, "value": value });
     emit(json, &result, || {
-        format!("{slice}: mapped {} bytes, first register {}\n", file_len, hex(value.into(), 4))
+        format!(
+            "{slice}: mapped {} bytes, first register {}\n",
+            file_len,
+            hex(value.into(), 4)
+        )
     })
 }
 
@@ -496,7 +512,10 @@ mod tests {
             describe_args(&["accelctl", "map-test", "nic0/vf2"]),
             ("map-test nic0/vf2".into(), Some(Operation::SliceMap))
         );
-        assert_eq!(describe_args(&["accelctl", "slices"]), ("slices".into(), None));
+        assert_eq!(
+            describe_args(&["accelctl", "slices"]),
+            ("slices".into(), None)
+        );
         assert_eq!(
             describe_args(&["accelctl", "release", "a/b"]).1,
             Some(Operation::SliceAssign)
@@ -521,7 +540,16 @@ mod tests {
         };
         assert_eq!(
             device_row(&d),
-            ["fpga0", "0000:3b:00.0", "fpga", "8086:0bcc", "-", "2/8", "1.2", "2"]
+            [
+                "fpga0",
+                "0000:3b:00.0",
+                "fpga",
+                "8086:0bcc",
+                "-",
+                "2/8",
+                "1.2",
+                "2"
+            ]
         );
         let s = SliceInfo {
             device: "fpga0".into(),

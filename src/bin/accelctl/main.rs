@@ -190,7 +190,15 @@ mod tests {
     #[test]
     fn global_options_and_numbers_parse() {
         let cli = Cli::try_parse_from([
-            "accelctl", "read", "fpga0/region0", "0x10", "--count", "4", "--width", "8", "--json",
+            "accelctl",
+            "read",
+            "fpga0/region0",
+            "0x10",
+            "--count",
+            "4",
+            "--width",
+            "8",
+            "--json",
         ])
         .unwrap();
         assert!(cli.json);
@@ -207,14 +215,24 @@ mod tests {
             other => panic!("parsed as {other:?}"),
         }
         let cli = Cli::try_parse_from([
-            "accelctl", "--bus", "session", "firmware", "flash", "nic0", "fw.bin",
-            "--signature", "fw.bin.minisig",
+            "accelctl",
+            "--bus",
+            "session",
+            "firmware",
+            "flash",
+            "nic0",
+            "fw.bin",
+            "--signature",
+            "fw.bin.minisig",
         ])
         .unwrap();
         assert_eq!(cli.bus.as_deref(), Some("session"));
         assert!(matches!(
             cli.command,
-            Command::Firmware(FirmwareCommand::Flash { signature: Some(_), .. })
+            Command::Firmware(FirmwareCommand::Flash {
+                signature: Some(_),
+                ..
+            })
         ));
     }
 

@@ -30,7 +30,11 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 
 /// `key:  value` lines with the values aligned.
 pub fn fields(pairs: &[(&str, String)]) -> String {
-    let key_width = pairs.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
+    let key_width = pairs
+        .iter()
+        .map(|(k, _)| k.chars().count())
+        .max()
+        .unwrap_or(0);
     let mut out = String::new();
     for (key, value) in pairs {
         let pad = key_width - key.chars().count();
@@ -139,7 +143,11 @@ mod tests {
     #[test]
     fn tables_align_columns_without_trailing_spaces() {
         let rows = vec![
-            vec!["fpga0".to_owned(), "0000:3b:00.0".to_owned(), "fpga".to_owned()],
+            vec![
+                "fpga0".to_owned(),
+                "0000:3b:00.0".to_owned(),
+                "fpga".to_owned(),
+            ],
             vec!["n".to_owned(), "0000:5e:00.1".to_owned(), "-".to_owned()],
         ];
         let text = table(&["DEVICE", "PCI", "KIND"], &rows);

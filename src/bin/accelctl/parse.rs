@@ -103,7 +103,9 @@ mod tests {
         assert_eq!(number("0XfF"), Ok(255));
         assert_eq!(number("0x1000_0000"), Ok(0x1000_0000));
         assert_eq!(number("0xffffffffffffffff"), Ok(u64::MAX));
-        assert!(number("0x1_0000_0000_0000_0000").unwrap_err().contains("64 bits"));
+        assert!(number("0x1_0000_0000_0000_0000")
+            .unwrap_err()
+            .contains("64 bits"));
         assert!(number("").is_err());
         assert!(number("0x").is_err());
         assert!(number("-1").is_err());
@@ -137,7 +139,9 @@ mod tests {
         assert!(slice("fpga0/a/b").is_err());
         assert!(slice("fpga0/").is_err());
         assert_eq!(target("nic0"), Ok(TargetArg::Device("nic0".into())));
-        assert!(matches!(target("nic0/vf1"), Ok(TargetArg::Slice(s)) if s.to_string() == "nic0/vf1"));
+        assert!(
+            matches!(target("nic0/vf1"), Ok(TargetArg::Slice(s)) if s.to_string() == "nic0/vf1")
+        );
         assert!(target("nic-0").is_err());
     }
 }

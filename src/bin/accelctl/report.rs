@@ -64,7 +64,9 @@ impl Failure {
         };
         match client {
             ClientError::Accel(accel) => self.accel_hint(client, accel),
-            ClientError::Connect { .. } => Some(BUS_HINT.into()),
+            ClientError::Connect { .. } => {
+                Some("is the D-Bus daemon running? set --bus/ACCELGATE_BUS".into())
+            }
             ClientError::InvalidId(_) => Some("ids are letters, digits and '_'".into()),
             ClientError::ReadFile { .. } => Some("check the path and its permissions".into()),
             ClientError::ImageTooLarge { .. } => Some("is this the right image file?".into()),
@@ -166,7 +168,6 @@ mod tests {
 
     fn bus_error(name: &str) -> ClientError {
         let message = zbus::message::Message::method_call("/", "X")
-            .unwrap()
             .build(&())
             .unwrap();
         ClientError::from(zbus::Error::MethodError(
@@ -196,7 +197,11 @@ mod tests {
 
     #[test]
     fn not_found_exits_4_and_others_1() {
-        let f = failure("show x", None, AccelError::NotFound("no such device".into()));
+        let f = failure(
+            "show x",
+            None,
+            AccelError::NotFound("no such device".into()),
+        );
         assert_eq!(f.exit_code(), EXIT_NOT_FOUND);
         assert!(f.hint().unwrap().contains("accelctl devices"));
         let f = failure("flash d", None, AccelError::Locked("locked".into()));
@@ -215,6 +220,10 @@ mod tests {
         };
         assert_eq!(f.hint().unwrap(), BUS_HINT);
         assert_eq!(f.exit_code(), EXIT_ERROR);
+        assert_eq!(
+            f.line(),
+            "accelctl: devices: org.freedesktop.DBus.Error.ServiceUnknown: no"
+        );
         let f = Failure {
             what: "devices".into(),
             operation: None,
@@ -241,6 +250,9 @@ mod tests {
                 source: std::io::Error::from(std::io::ErrorKind::NotFound),
             }),
         };
-        assert_eq!(f.line(), "accelctl: program d/s: cannot read app.bit: entity not found");
+        assert_eq!(
+            f.line(),
+            "accelctl: program d/s: cannot read app.bit: entity not found"
+        );
     }
 }
