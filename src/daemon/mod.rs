@@ -1,1 +1,2 @@
 //! The daemon `accelgated`.
+pub mod sandbox;
