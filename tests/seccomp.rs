@@ -84,29 +84,54 @@ fn multi_thread_runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("building a runtime: {e}"))
 }
 
+async fn write_all(stream: &tokio::net::UnixStream, data: &[u8]) -> std::io::Result<()> {
+    let mut written = 0;
+    while written < data.len() {
+        stream.writable().await?;
+        match stream.try_write(&data[written..]) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+async fn read_exact(stream: &tokio::net::UnixStream, buf: &mut [u8]) -> std::io::Result<()> {
+    let mut read = 0;
+    while read < buf.len() {
+        stream.readable().await?;
+        match stream.try_read(&mut buf[read..]) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => read += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// What must still work under the filter: tokio timers and a unix socket round trip.
 fn tokio_round_trip(runtime: &tokio::runtime::Runtime) -> Result<(), String> {
     runtime.block_on(async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let started = std::time::Instant::now();
         tokio::time::sleep(Duration::from_millis(20)).await;
         check(
             started.elapsed() >= Duration::from_millis(20),
             "timer fired early",
         )?;
-        let (mut left, mut right) =
+        let (left, right) =
             tokio::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
         let echo = tokio::spawn(async move {
             let mut buf = [0u8; 5];
-            right.read_exact(&mut buf).await?;
-            right.write_all(&buf).await?;
-            Ok::<_, std::io::Error>(())
+            read_exact(&right, &mut buf).await?;
+            write_all(&right, &buf).await
         });
-        left.write_all(b"hello")
+        write_all(&left, b"hello")
             .await
             .map_err(|e| format!("write: {e}"))?;
         let mut buf = [0u8; 5];
-        left.read_exact(&mut buf)
+        read_exact(&left, &mut buf)
             .await
             .map_err(|e| format!("read: {e}"))?;
         check(&buf == b"hello", "echo came back different")?;

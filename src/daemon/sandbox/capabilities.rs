@@ -28,6 +28,10 @@ static THREAD_ERRNO: AtomicI32 = AtomicI32::new(0);
 /// `_LINUX_CAPABILITY_VERSION_3`: 64-bit capability sets in two 32-bit words.
 const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
+/// An unused prctl argument: passed as a full unsigned long, since the kernel rejects
+/// non-zero unused arguments for some options and a variadic `0` would be only an int.
+const NONE: libc::c_ulong = 0;
+
 /// How long all threads together get to comply before confine gives up.
 const DEADLINE: Duration = Duration::from_secs(5);
 /// How long a signalled thread gets before it is signalled again.
@@ -76,10 +80,10 @@ fn drop_in_current_thread() -> Result<(), Errno> {
             continue;
         }
         // SAFETY: prctl with integer arguments only; no memory is passed.
-        let in_bounding = unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong, 0, 0, 0) };
+        let in_bounding = unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong, NONE, NONE, NONE) };
         if in_bounding == 1 {
             // SAFETY: as above.
-            if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
+            if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, NONE, NONE, NONE) } != 0 {
                 return Err(Errno::last());
             }
         }
@@ -89,9 +93,9 @@ fn drop_in_current_thread() -> Result<(), Errno> {
         libc::prctl(
             libc::PR_CAP_AMBIENT,
             libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-            0,
-            0,
-            0,
+            NONE,
+            NONE,
+            NONE,
         )
     };
     // EINVAL: a kernel without ambient capabilities (< 4.3) has none to clear.
