@@ -41,10 +41,8 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(tag: &str) -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "accelgate-install-{tag}-{}",
-            std::process::id()
-        ));
+        let path =
+            std::env::temp_dir().join(format!("accelgate-install-{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&path);
         fs::create_dir_all(&path).unwrap();
         TempDir(path)
@@ -87,7 +85,9 @@ fn has_placeholder(text: &str) -> bool {
     text.split('@')
         .skip(1)
         .zip(text.split('@').skip(2))
-        .any(|(name, _)| !name.is_empty() && name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'))
+        .any(|(name, _)| {
+            !name.is_empty() && name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+        })
 }
 
 #[test]
@@ -121,7 +121,10 @@ fn install_puts_every_file_in_place_under_destdir_and_prefix() {
             [format!("{prefix}/libexec/accelgated")]
         );
         assert_eq!(key_value(&unit, "BusName"), ["org.accelgate.Accel1"]);
-        assert!(!has_placeholder(&unit), "unsubstituted placeholder in the unit");
+        assert!(
+            !has_placeholder(&unit),
+            "unsubstituted placeholder in the unit"
+        );
         let activation = fs::read_to_string(installed(
             d,
             &format!("{prefix}/share/dbus-1/system-services/org.accelgate.Accel1.service"),
@@ -155,7 +158,9 @@ fn install_puts_every_file_in_place_under_destdir_and_prefix() {
 #[test]
 fn placeholders_are_recognised() {
     assert!(has_placeholder("ExecStart=@LIBEXECDIR@/accelgated"));
-    assert!(!has_placeholder("SystemCallFilter=@system-service ~@mount @raw-io"));
+    assert!(!has_placeholder(
+        "SystemCallFilter=@system-service ~@mount @raw-io"
+    ));
 }
 
 #[test]
@@ -187,7 +192,9 @@ fn installed_unit_passes_systemd_verify_and_security_review() {
     let exposure = report
         .lines()
         .find_map(|line| {
-            let rest = line.split("Overall exposure level for accelgated.service:").nth(1)?;
+            let rest = line
+                .split("Overall exposure level for accelgated.service:")
+                .nth(1)?;
             rest.split_whitespace().next()?.parse::<f64>().ok()
         })
         .unwrap_or_else(|| panic!("no overall exposure in the report:\n{report}"));

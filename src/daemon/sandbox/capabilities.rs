@@ -80,10 +80,27 @@ fn drop_in_current_thread() -> Result<(), Errno> {
             continue;
         }
         // SAFETY: prctl with integer arguments only; no memory is passed.
-        let in_bounding = unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong, NONE, NONE, NONE) };
+        let in_bounding = unsafe {
+            libc::prctl(
+                libc::PR_CAPBSET_READ,
+                cap as libc::c_ulong,
+                NONE,
+                NONE,
+                NONE,
+            )
+        };
         if in_bounding == 1 {
             // SAFETY: as above.
-            if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, NONE, NONE, NONE) } != 0 {
+            if unsafe {
+                libc::prctl(
+                    libc::PR_CAPBSET_DROP,
+                    cap as libc::c_ulong,
+                    NONE,
+                    NONE,
+                    NONE,
+                )
+            } != 0
+            {
                 return Err(Errno::last());
             }
         }
@@ -120,7 +137,8 @@ fn drop_in_current_thread() -> Result<(), Errno> {
     ];
     // SAFETY: capset reads one header and, for version 3, two data structs; both live on this
     // stack frame for the duration of the call and have the kernel's layout (repr(C)).
-    let set = unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) };
+    let set =
+        unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) };
     if set != 0 {
         return Err(Errno::last());
     }

@@ -109,7 +109,9 @@ pub fn confine(cfg: &SandboxConfig) -> Result<(), SandboxError> {
     }
     let keep = caps_mask(&cfg.keep_caps);
     let supported: HashSet<Capability> = caps::runtime::thread_all_supported();
-    let all_supported = supported.iter().fold(0u64, |mask, cap| mask | cap.bitmask());
+    let all_supported = supported
+        .iter()
+        .fold(0u64, |mask, cap| mask | cap.bitmask());
     capabilities::drop_in_all_threads(capabilities::Target {
         keep,
         bounding_drop: all_supported & !keep,

@@ -40,14 +40,20 @@ pub fn read_thread_status(pid: Option<i32>) -> Result<Vec<ThreadStatus>, Sandbox
             path: task_dir.clone(),
             source,
         })?;
-        let Some(tid) = entry.file_name().to_str().and_then(|name| name.parse().ok()) else {
+        let Some(tid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse().ok())
+        else {
             continue;
         };
         let path = entry.path().join("status");
         match fs::read_to_string(&path) {
             Ok(text) => threads.push(parse_status(tid, &text, &path)?),
             // The thread exited between listing and reading.
-            Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(nix::libc::ESRCH) => {}
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(nix::libc::ESRCH) => {}
             Err(source) => return Err(SandboxError::Proc { path, source }),
         }
     }
@@ -72,10 +78,12 @@ fn parse_status(tid: i32, text: &str, path: &Path) -> Result<ThreadStatus, Sandb
         })
     };
     let dec = |name: &str| {
-        field(name)?.parse::<u8>().map_err(|_| SandboxError::ProcFormat {
-            path: path.to_path_buf(),
-            field: name.to_owned(),
-        })
+        field(name)?
+            .parse::<u8>()
+            .map_err(|_| SandboxError::ProcFormat {
+                path: path.to_path_buf(),
+                field: name.to_owned(),
+            })
     };
     Ok(ThreadStatus {
         tid,

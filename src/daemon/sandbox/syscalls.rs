@@ -224,7 +224,19 @@ const CLONE_NAMESPACE_FLAGS: u64 = (libc::CLONE_NEWNS
 /// What makes a clone a thread of this process rather than a new process.
 const CLONE_THREAD_FLAGS: u64 = (libc::CLONE_THREAD | libc::CLONE_VM | libc::CLONE_SIGHAND) as u64;
 
-fn arg(index: u8, len: SeccompCmpArgLen, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, BackendError> {
+/// The filter compares the request number as the kernel sees it (an unsigned int); its
+/// C type differs between libcs and architectures.
+#[allow(clippy::unnecessary_cast)]
+fn ioctl_request(request: libc::Ioctl) -> u64 {
+    request as u64
+}
+
+fn arg(
+    index: u8,
+    len: SeccompCmpArgLen,
+    op: SeccompCmpOp,
+    value: u64,
+) -> Result<SeccompCondition, BackendError> {
     SeccompCondition::new(index, len, op, value)
 }
 
@@ -232,7 +244,14 @@ fn arg(index: u8, len: SeccompCmpArgLen, op: SeccompCmpOp, value: u64) -> Result
 fn one_of(index: u8, values: &[u64]) -> Result<Vec<SeccompRule>, BackendError> {
     values
         .iter()
-        .map(|&value| SeccompRule::new(vec![arg(index, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)?]))
+        .map(|&value| {
+            SeccompRule::new(vec![arg(
+                index,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                value,
+            )?])
+        })
         .collect()
 }
 
@@ -255,7 +274,12 @@ fn restricted(own_pid: u32) -> Result<Vec<(libc::c_long, Vec<SeccompRule>)>, Bac
         ),
         (
             libc::SYS_mprotect,
-            vec![SeccompRule::new(vec![arg(2, Dword, MaskedEq(prot_exec), 0)?])?],
+            vec![SeccompRule::new(vec![arg(
+                2,
+                Dword,
+                MaskedEq(prot_exec),
+                0,
+            )?])?],
         ),
         // Threads only (tokio workers, blocking pool, std::thread): CLONE_THREAD|VM|SIGHAND
         // must all be set and no namespace flag may be. A new process cannot be created.
@@ -305,15 +329,15 @@ fn restricted(own_pid: u32) -> Result<Vec<(libc::c_long, Vec<SeccompRule>)>, Bac
             one_of(
                 1,
                 &[
-                    libc::FIONBIO as u64,
-                    libc::FIOCLEX as u64,
-                    libc::FIONCLEX as u64,
-                    libc::FIONREAD as u64,
-                    libc::TCGETS as u64,
-                    MEMGETINFO as u64,
-                    MEMERASE as u64,
-                    MEMERASE64 as u64,
-                    MEMGETBADBLOCK as u64,
+                    ioctl_request(libc::FIONBIO),
+                    ioctl_request(libc::FIOCLEX),
+                    ioctl_request(libc::FIONCLEX),
+                    ioctl_request(libc::FIONREAD),
+                    ioctl_request(libc::TCGETS),
+                    u64::from(MEMGETINFO),
+                    u64::from(MEMERASE),
+                    u64::from(MEMERASE64),
+                    u64::from(MEMGETBADBLOCK),
                 ],
             )?,
         ),
@@ -371,7 +395,10 @@ fn target_arch() -> Result<TargetArch, BackendError> {
 }
 
 /// The main filter: allow the list, refuse everything else.
-pub(super) fn allow_list_filter(violation: Violation, own_pid: u32) -> Result<BpfProgram, BackendError> {
+pub(super) fn allow_list_filter(
+    violation: Violation,
+    own_pid: u32,
+) -> Result<BpfProgram, BackendError> {
     let filter = SeccompFilter::new(
         allow_list(own_pid)?,
         violation_action(violation),
@@ -441,7 +468,12 @@ mod tests {
             assert!(!list.contains_key(&nr), "syscall {nr} must not be allowed");
         }
         #[cfg(target_arch = "x86_64")]
-        for nr in [libc::SYS_fork, libc::SYS_vfork, libc::SYS_iopl, libc::SYS_ioperm] {
+        for nr in [
+            libc::SYS_fork,
+            libc::SYS_vfork,
+            libc::SYS_iopl,
+            libc::SYS_ioperm,
+        ] {
             assert!(!list.contains_key(&nr), "syscall {nr} must not be allowed");
         }
     }
@@ -464,7 +496,11 @@ mod tests {
     fn filters_compile_for_both_actions() {
         for violation in [Violation::Errno, Violation::Kill] {
             let program = allow_list_filter(violation, 1).unwrap();
-            assert!(program.len() < 4096, "BPF program too long: {}", program.len());
+            assert!(
+                program.len() < 4096,
+                "BPF program too long: {}",
+                program.len()
+            );
         }
         assert!(!clone3_prefilter().unwrap().is_empty());
     }
