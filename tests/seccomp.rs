@@ -446,3 +446,146 @@ fn keeping_a_capability_that_is_not_permitted_is_refused() {
         }
     });
 }
+
+/// A private bus for the zbus test; killed (by its pid) when dropped.
+struct PrivateBus {
+    daemon: std::process::Child,
+    address: String,
+}
+
+impl PrivateBus {
+    fn start() -> PrivateBus {
+        let mut daemon = std::process::Command::new("dbus-daemon")
+            .args(["--session", "--nofork", "--print-address=1"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("dbus-daemon must be installed for this test");
+        let stdout = daemon.stdout.take().unwrap();
+        let mut address = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut address).unwrap();
+        PrivateBus {
+            daemon,
+            address: address.trim().to_owned(),
+        }
+    }
+}
+
+impl Drop for PrivateBus {
+    fn drop(&mut self) {
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+    }
+}
+
+/// A stand-in for the daemon's objects: fds in (images) and out (Map()).
+struct FdService;
+
+#[zbus::interface(name = "org.accelgate.SandboxTest")]
+impl FdService {
+    /// Reads an image-like fd the caller sent.
+    fn read_fd(&self, fd: zbus::OwnedFd) -> zbus::fdo::Result<String> {
+        let mut text = String::new();
+        fs::File::from(OwnedFd::from(fd))
+            .read_to_string(&mut text)
+            .map_err(|e| zbus::fdo::Error::Failed(e.to_string()))?;
+        Ok(text)
+    }
+
+    /// Hands out an fd, as Map() does.
+    fn give_fd(&self) -> zbus::fdo::Result<zbus::OwnedFd> {
+        let file = fs::File::open("/proc/self/status")
+            .map_err(|e| zbus::fdo::Error::Failed(e.to_string()))?;
+        Ok(OwnedFd::from(file).into())
+    }
+}
+
+#[test]
+fn zbus_service_and_client_work_under_the_kill_filter() {
+    let bus = PrivateBus::start();
+    let address = bus.address.clone();
+    assert_child_succeeded(move || {
+        let runtime = multi_thread_runtime()?;
+        runtime.block_on(zbus_round_trip(&address))
+    });
+    drop(bus);
+}
+
+fn zbus_failure(what: &str) -> impl Fn(zbus::Error) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+/// Start-up as in the daemon (connect, serve, own a name), then confine with the kill action,
+/// then a new client connection calls the service with fds both ways and reads the caller's
+/// credentials from the bus.
+async fn zbus_round_trip(address: &str) -> Result<(), String> {
+    const NAME: &str = "org.accelgate.SandboxTest";
+    const PATH: &str = "/org/accelgate/Test";
+    let service = zbus::connection::Builder::address(address)
+        .serve_at(PATH, FdService)
+        .name(NAME)
+        .build()
+        .await
+        .map_err(zbus_failure("service connection"))?;
+
+    confine(&SandboxConfig {
+        keep_caps: Vec::new(),
+        on_violation: Violation::Kill,
+    })
+    .map_err(|e| format!("confine: {e}"))?;
+
+    // A new connection after confine: socket, connect, auth, Hello.
+    let client = zbus::connection::Builder::address(address)
+        .build()
+        .await
+        .map_err(zbus_failure("client connection"))?;
+    // Text only: the reply is a D-Bus string, which may not contain NUL.
+    let sent = fs::File::open("/proc/self/status").map_err(|e| format!("open: {e}"))?;
+    let reply = client
+        .call_method(
+            Some(NAME),
+            PATH,
+            Some(NAME),
+            "ReadFd",
+            &(zbus::Fd::from(OwnedFd::from(sent)),),
+        )
+        .await
+        .map_err(zbus_failure("ReadFd"))?;
+    let text: String = reply
+        .body()
+        .deserialize()
+        .map_err(zbus_failure("ReadFd reply"))?;
+    check(
+        text.contains("NoNewPrivs:\t1"),
+        "ReadFd read the wrong file",
+    )?;
+
+    let reply = client
+        .call_method(Some(NAME), PATH, Some(NAME), "GiveFd", &())
+        .await
+        .map_err(zbus_failure("GiveFd"))?;
+    let body = reply.body();
+    let fd: zbus::Fd<'_> = body.deserialize().map_err(zbus_failure("GiveFd reply"))?;
+    let fd = fd.try_to_owned().map_err(zbus_failure("GiveFd fd"))?;
+    let mut status = String::new();
+    fs::File::from(OwnedFd::try_from(fd).map_err(zbus_failure("GiveFd fd"))?)
+        .read_to_string(&mut status)
+        .map_err(|e| format!("read given fd: {e}"))?;
+    check(
+        status.contains("Seccomp:\t2"),
+        "GiveFd returned the wrong file",
+    )?;
+
+    // Caller identity, as the daemon's authorization reads it.
+    let dbus = zbus::fdo::DBusProxy::new(&service)
+        .await
+        .map_err(zbus_failure("DBus proxy"))?;
+    let unique = client.unique_name().ok_or("client has no unique name")?;
+    let credentials = dbus
+        .get_connection_credentials(unique.clone().into())
+        .await
+        .map_err(|e| format!("GetConnectionCredentials: {e}"))?;
+    check(
+        credentials.unix_user_id() == Some(nix::unistd::getuid().as_raw()),
+        "wrong caller uid",
+    )
+}
