@@ -203,3 +203,187 @@ fn installed_unit_passes_systemd_verify_and_security_review() {
         "exposure {exposure} is above {MAX_EXPOSURE}:\n{report}"
     );
 }
+
+/// A bus with the system bus's default policy (as in dbus's system.conf: method calls denied
+/// unless a policy file allows them) plus the installed accelgate policy.
+struct SystemLikeBus {
+    daemon: std::process::Child,
+    address: String,
+    _dir: TempDir,
+}
+
+impl SystemLikeBus {
+    fn start(policy_file: &Path) -> SystemLikeBus {
+        let dbus_daemon = require_program("dbus-daemon", "dbus-daemon");
+        let dir = TempDir::new("bus");
+        let config = dir.0.join("system-like.conf");
+        let socket = dir.0.join("bus.socket");
+        // The socket must be reachable by the unprivileged caller.
+        fs::set_permissions(&dir.0, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(
+            &config,
+            format!(
+                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
+    <deny send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus" send_member="UpdateActivationEnvironment"/>
+  </policy>
+  <include>{policy}</include>
+</busconfig>
+"#,
+                socket = socket.display(),
+                policy = policy_file.display()
+            ),
+        )
+        .unwrap();
+        let mut daemon = Command::new(dbus_daemon)
+            .arg(format!("--config-file={}", config.display()))
+            .args(["--nofork", "--print-address=1"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = daemon.stdout.take().unwrap();
+        let mut address = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut address).unwrap();
+        assert!(
+            !address.trim().is_empty(),
+            "dbus-daemon did not start with the installed policy"
+        );
+        SystemLikeBus {
+            daemon,
+            address: address.trim().to_owned(),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for SystemLikeBus {
+    fn drop(&mut self) {
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+    }
+}
+
+/// Stand-ins for the daemon's interfaces: one that the policy opens, one that it does not.
+struct Manager;
+
+#[zbus::interface(name = "org.accelgate.Accel1.Manager")]
+impl Manager {
+    fn who_am_i(&self) -> u32 {
+        0
+    }
+}
+
+struct Undeclared;
+
+#[zbus::interface(name = "org.accelgate.Accel1.Undeclared")]
+impl Undeclared {
+    fn poke(&self) -> u32 {
+        0
+    }
+}
+
+/// busctl as the unprivileged user `nobody`; returns (success, stderr).
+fn busctl_as_nobody(address: &str, args: &[&str]) -> (bool, String) {
+    let setpriv = require_program("setpriv", "util-linux");
+    let busctl = require_program("busctl", "systemd");
+    let output = Command::new(setpriv)
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(busctl)
+        .arg(format!("--address={address}"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn installed_bus_policy_lets_only_root_own_the_name_and_anyone_call_it() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test must run as root (it owns the name and calls as nobody)"
+    );
+    let destdir = TempDir::new("buspolicy");
+    make_install(&destdir.0, "/usr");
+    let policy = installed(
+        &destdir.0,
+        "/usr/share/dbus-1/system.d/org.accelgate.Accel1.conf",
+    );
+    let bus = SystemLikeBus::start(&policy);
+
+    // Nobody else may own the name.
+    let (owned, why) = busctl_as_nobody(
+        &bus.address,
+        &[
+            "call",
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "RequestName",
+            "su",
+            "org.accelgate.Accel1",
+            "0",
+        ],
+    );
+    assert!(!owned, "nobody could request org.accelgate.Accel1");
+    assert!(why.contains("denied") || why.contains("Access"), "{why}");
+
+    // Root may.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _service = runtime
+        .block_on(
+            zbus::connection::Builder::address(bus.address.as_str())
+                .serve_at("/org/accelgate/Accel1", Manager)
+                .serve_at("/org/accelgate/Accel1", Undeclared)
+                .name("org.accelgate.Accel1")
+                .build(),
+        )
+        .expect("root must be able to own org.accelgate.Accel1");
+
+    // Anyone may call the declared and standard interfaces...
+    let call = |interface: &str, member: &str| {
+        busctl_as_nobody(
+            &bus.address,
+            &[
+                "call",
+                "org.accelgate.Accel1",
+                "/org/accelgate/Accel1",
+                interface,
+                member,
+            ],
+        )
+    };
+    for (interface, member) in [
+        ("org.accelgate.Accel1.Manager", "WhoAmI"),
+        ("org.freedesktop.DBus.Peer", "Ping"),
+        ("org.freedesktop.DBus.Introspectable", "Introspect"),
+    ] {
+        let (ok, why) = call(interface, member);
+        assert!(ok, "nobody could not call {interface}.{member}: {why}");
+    }
+    // ...and nothing else.
+    let (ok, why) = call("org.accelgate.Accel1.Undeclared", "Poke");
+    assert!(!ok, "an interface the policy does not name was callable");
+    assert!(why.contains("denied") || why.contains("Access"), "{why}");
+}
