@@ -430,6 +430,35 @@ fn the_signal_used_to_reach_threads_is_left_harmless() {
 }
 
 #[test]
+fn an_unprivileged_process_is_confined_without_touching_the_bounding_set() {
+    assert!(is_root_with_full_caps(), "this test must run as root");
+    assert_child_succeeded(|| {
+        // Like an unprivileged user: no capabilities, but the full bounding set.
+        caps::clear(None, CapSet::Effective).map_err(|e| e.to_string())?;
+        caps::clear(None, CapSet::Permitted).map_err(|e| e.to_string())?;
+        let bounding = read_thread_status(None).map_err(|e| e.to_string())?[0].cap_bnd;
+        let helper = std::thread::spawn(|| std::thread::sleep(Duration::from_millis(100)));
+        confine(&SandboxConfig {
+            keep_caps: Vec::new(),
+            on_violation: Violation::Errno,
+        })
+        .map_err(|e| format!("confine: {e}"))?;
+        for t in read_thread_status(None).map_err(|e| e.to_string())? {
+            check(
+                t.cap_eff == 0 && t.cap_prm == 0 && t.cap_bnd == bounding,
+                &format!("thread {}: {t:?}", t.tid),
+            )?;
+            check(
+                t.no_new_privs && t.seccomp == 2,
+                &format!("thread {}: {t:?}", t.tid),
+            )?;
+        }
+        expect_eperm("execve", execv_true())?;
+        helper.join().map_err(|_| "helper thread".to_owned())
+    });
+}
+
+#[test]
 fn keeping_a_capability_that_is_not_permitted_is_refused() {
     assert!(is_root_with_full_caps(), "this test must run as root");
     assert_child_succeeded(|| {

@@ -3,8 +3,8 @@
 //! The daemon calls [`confine`] once start-up is done (policy loaded, bus connected, BARs
 //! mapped) and before it serves requests. From then on, in every thread:
 //!
-//! - the bounding set holds only the kept capabilities, permitted = effective = kept,
-//!   inheritable and ambient are empty ([`capabilities`]);
+//! - the bounding set holds only the kept capabilities (when the process may change it),
+//!   permitted = effective = kept, inheritable and ambient are empty ([`capabilities`]);
 //! - no_new_privs is set, so nothing can regain privileges through exec (which seccomp
 //!   refuses anyway);
 //! - a seccomp allow-list ([`syscalls`]) refuses every other system call, with EPERM or by
@@ -108,13 +108,23 @@ pub fn confine(cfg: &SandboxConfig) -> Result<(), SandboxError> {
         return Err(SandboxError::NotPermitted(*missing));
     }
     let keep = caps_mask(&cfg.keep_caps);
-    let supported: HashSet<Capability> = caps::runtime::thread_all_supported();
-    let all_supported = supported
-        .iter()
-        .fold(0u64, |mask, cap| mask | cap.bitmask());
+    // Shrinking the bounding set needs CAP_SETPCAP. Without it (an unprivileged run, e.g. a
+    // developer's `--simulate`), the bounding set is left as it is: it only limits what an
+    // execve could gain, and after this no execve can happen (no_new_privs, seccomp).
+    let may_shrink_bounding = caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP)
+        .map_err(SandboxError::ReadCaps)?;
+    let bounding_drop = if may_shrink_bounding {
+        let supported: HashSet<Capability> = caps::runtime::thread_all_supported();
+        supported
+            .iter()
+            .fold(0u64, |mask, cap| mask | cap.bitmask())
+            & !keep
+    } else {
+        0
+    };
     capabilities::drop_in_all_threads(capabilities::Target {
         keep,
-        bounding_drop: all_supported & !keep,
+        bounding_drop,
     })?;
 
     nix::sys::prctl::set_no_new_privs().map_err(SandboxError::NoNewPrivs)?;
