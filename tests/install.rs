@@ -387,3 +387,38 @@ fn installed_bus_policy_lets_only_root_own_the_name_and_anyone_call_it() {
     assert!(!ok, "an interface the policy does not name was callable");
     assert!(why.contains("denied") || why.contains("Access"), "{why}");
 }
+
+#[test]
+fn installed_sysusers_and_tmpfiles_snippets_create_the_groups_and_state_directory() {
+    let sysusers = require_program("systemd-sysusers", "systemd");
+    let tmpfiles = require_program("systemd-tmpfiles", "systemd");
+    let destdir = TempDir::new("sysusers");
+    make_install(&destdir.0, "/usr");
+    // Both tools act on the image under --root, never on this host.
+    let root = TempDir::new("sysusers-root");
+    fs::create_dir_all(root.0.join("etc")).unwrap();
+    run(Command::new(sysusers)
+        .arg(format!("--root={}", root.0.display()))
+        .arg(installed(&destdir.0, "/usr/lib/sysusers.d/accelgate.conf")));
+    let groups = fs::read_to_string(root.0.join("etc/group")).unwrap();
+    for group in ["accel-admins", "accel-operators", "accel-tenants"] {
+        assert!(
+            groups
+                .lines()
+                .any(|line| line.starts_with(&format!("{group}:"))),
+            "group {group} not created:\n{groups}"
+        );
+    }
+    run(Command::new(tmpfiles)
+        .arg(format!("--root={}", root.0.display()))
+        .arg("--create")
+        .arg(installed(&destdir.0, "/usr/lib/tmpfiles.d/accelgate.conf")));
+    let state = fs::metadata(root.0.join("var/lib/accelgate")).unwrap();
+    assert!(state.is_dir());
+    assert_eq!(
+        state.permissions().mode() & 0o777,
+        0o700,
+        "state directory mode"
+    );
+    assert!(root.0.join("etc/accelgate/policy.d").is_dir());
+}
