@@ -341,8 +341,10 @@ fn restricted(own_pid: u32) -> Result<Vec<(libc::c_long, Vec<SeccompRule>)>, Bac
                 ],
             )?,
         ),
-        // prctl: thread names (std and tokio name their threads) and glibc's naming of
-        // anonymous mappings. Not NO_NEW_PRIVS, capabilities, seccomp or dumpable changes.
+        // prctl: thread names (std and tokio name their threads), glibc's naming of anonymous
+        // mappings, and reading the bounding set (libcap does, inside NSS modules such as
+        // nss-systemd that resolve a tenant's user name). Nothing that changes capabilities,
+        // NO_NEW_PRIVS, seccomp or dumpability.
         (
             libc::SYS_prctl,
             one_of(
@@ -351,6 +353,7 @@ fn restricted(own_pid: u32) -> Result<Vec<(libc::c_long, Vec<SeccompRule>)>, Bac
                     libc::PR_SET_NAME as u64,
                     libc::PR_GET_NAME as u64,
                     libc::PR_SET_VMA as u64,
+                    libc::PR_CAPBSET_READ as u64,
                 ],
             )?,
         ),
