@@ -17,13 +17,17 @@ use zbus::{Connection, OwnedObjectPath, OwnedVariant};
 use crate::error::AccelError;
 use crate::names::{device_path, slice_path};
 use crate::operation::Operation;
-use crate::policy::{LoaderSpec, RoleDecision, RolePolicy, SliceKind};
+use crate::policy::{FirmwarePolicy, LoaderSpec, RoleDecision, RolePolicy, SliceKind};
 
 use super::audit::{AuditLog, AuditRecord};
 use super::authz::{self, GateRequest, MethodGate, Target};
 use super::bus;
 use super::caller::{Caller, CallerCache};
 use super::devices::{DeviceRt, SliceRt};
+use super::firmware::{
+    image_version, open_backend, recover_interrupted, run_flash, verify_image, FirmwareRecords,
+    FlashError, FlashRequest,
+};
 use super::hw::{FwUpload, FwUploadError, HwRoot, Width, WindowError};
 use super::image::{read_image, Image, ImageError};
 use super::jobs::{JobHandle, JobShared, Jobs};
@@ -40,6 +44,20 @@ const SRIOV_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Options keys understood by the calls that take an `a{sv}`.
 pub type Options = HashMap<String, OwnedVariant>;
+
+/// The firmware properties of a device.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FirmwareInfo {
+    /// Version of the firmware that boots.
+    pub version: String,
+    /// `a` or `b`.
+    pub active_slot: String,
+    /// `idle`, `flashing`, or `error: ...` when the device's state cannot be read.
+    pub state: String,
+    /// `<outcome>: <message>` of the last flash (outcome succeeded, failed, cancelled,
+    /// interrupted); empty if there was none.
+    pub last_result: String,
+}
 
 /// A request that passed the identity, role and caller-capability gates.
 pub struct Authorized {
@@ -103,6 +121,7 @@ impl Daemon {
         });
         daemon.restore_vf_counts().await;
         daemon.recover_in_flux().await;
+        daemon.recover_firmware().await;
         Ok(daemon)
     }
 
@@ -851,11 +870,15 @@ impl Daemon {
         Ok(job_path)
     }
 
+    /// Device.Flash: role gate, lock, image within the size limit, signature verification
+    /// (before any byte is written), the remaining gates with the image hash, one flash per
+    /// device; then a job writes the inactive slot, reads it back and switches.
     pub async fn flash(
         self: &Arc<Self>,
         hdr: &Header<'_>,
         target: Target,
         fd: OwnedFd,
+        signature: Option<Vec<u8>>,
     ) -> Result<OwnedObjectPath, AccelError> {
         let auth = self.authorize_role(hdr, target).await?;
         let d = auth.target.device().unwrap_or_default().to_owned();
@@ -875,10 +898,140 @@ impl Daemon {
         let image = self
             .take_image(&auth, fd, dev.policy.max_image_size)
             .await?;
+        let verified = verify_image(&image.bytes, signature.as_deref(), &fw).map_err(|e| {
+            self.deny_by_limit(
+                &auth,
+                AccelError::VerificationFailed(format!("firmware image for {d} refused: {e}")),
+            )
+        })?;
         self.authorize_rest(&auth, Some(&image.sha256)).await?;
-        Err(AccelError::Failed(format!(
-            "flashing {d} is not supported by this build yet"
-        )))
+        let busy = dev
+            .busy
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| self.busy(&auth))?;
+        let path = OwnedObjectPath::try_from(device_path(&d))
+            .map_err(|e| AccelError::Failed(e.to_string()))?;
+        let job = self
+            .jobs
+            .start(
+                self,
+                auth.operation,
+                auth.target.clone(),
+                path,
+                auth.caller.uid,
+            )
+            .await?;
+        let job_path = job.path.clone();
+        tracing::info!(
+            "{d}: flashing firmware {} ({}), {verified}, for uid {}",
+            image_version(&image.bytes),
+            image.sha256,
+            auth.caller.uid
+        );
+        let daemon = self.clone();
+        let uid = auth.caller.uid;
+        tokio::spawn(async move {
+            let _busy = busy;
+            let result = daemon.run_flash_job(&d, &fw, image, uid, &job).await;
+            bus::device_changed(&daemon.conn, &d).await;
+            job.finish(result).await;
+        });
+        Ok(job_path)
+    }
+
+    /// The flash itself on a blocking thread, with progress and cancel bridged to the job.
+    async fn run_flash_job(
+        &self,
+        d: &str,
+        fw: &FirmwarePolicy,
+        image: Image,
+        uid: u32,
+        job: &JobHandle,
+    ) -> Result<String, AccelError> {
+        let hw = self.hw.clone();
+        let fw = fw.clone();
+        let records = self.firmware_records();
+        let cancel = job.cancel_flag();
+        let device = d.to_owned();
+        let (tx, mut rx) = tokio::sync::watch::channel(0.0f64);
+        let work = tokio::task::spawn_blocking(move || {
+            let backend = open_backend(&hw, &fw)
+                .map_err(|e| FlashError::Failed(format!("nothing was written: {e}")))?;
+            let request = FlashRequest {
+                device: &device,
+                image: &image.bytes,
+                sha256: &image.sha256,
+                started_by_uid: uid,
+            };
+            let mut report = |p: f64| {
+                let _ = tx.send(p);
+            };
+            run_flash(backend.as_ref(), &records, &request, &mut report, &cancel)
+        });
+        // The in-progress record is written before the first progress report.
+        bus::device_changed(&self.conn, d).await;
+        while rx.changed().await.is_ok() {
+            let p = *rx.borrow_and_update();
+            job.set_progress(p).await;
+        }
+        match work.await {
+            Ok(Ok(message)) => Ok(message),
+            Ok(Err(FlashError::Cancelled(m))) => Err(AccelError::Cancelled(m)),
+            Ok(Err(FlashError::Busy(m))) => Err(AccelError::Busy(m)),
+            Ok(Err(FlashError::Failed(m))) => Err(AccelError::Failed(m)),
+            Err(e) => Err(AccelError::Failed(format!("flash task failed: {e}"))),
+        }
+    }
+
+    pub fn firmware_records(&self) -> FirmwareRecords {
+        FirmwareRecords::new(self.state().dir())
+    }
+
+    /// What the Device firmware properties show; all empty for a device without firmware.
+    pub fn firmware_info(&self, d: &str) -> FirmwareInfo {
+        let Some(fw) = self.device(d).ok().and_then(|dev| dev.policy.firmware.clone()) else {
+            return FirmwareInfo::default();
+        };
+        let records = self.firmware_records();
+        let last_result = records
+            .last_result(d)
+            .map(|r| r.to_string())
+            .unwrap_or_default();
+        let flashing = records.in_progress(d).is_some();
+        match open_backend(&self.hw, &fw).and_then(|b| b.status()) {
+            Ok(st) => FirmwareInfo {
+                version: st.active_version(),
+                active_slot: st.active.as_str().to_owned(),
+                state: if flashing { "flashing" } else { "idle" }.to_owned(),
+                last_result,
+            },
+            Err(e) => FirmwareInfo {
+                version: String::new(),
+                active_slot: String::new(),
+                state: format!("error: {e}"),
+                last_result,
+            },
+        }
+    }
+
+    /// A flash record left by a daemon that died mid-flash becomes the device's last result.
+    async fn recover_firmware(&self) {
+        for (d, dev) in self.devices() {
+            let Some(fw) = dev.policy.firmware.clone() else {
+                continue;
+            };
+            let hw = self.hw.clone();
+            let records = self.firmware_records();
+            let recovered = tokio::task::spawn_blocking(move || {
+                let backend = open_backend(&hw, &fw).ok();
+                recover_interrupted(backend.as_deref(), &records, &d).map(|r| (d, r))
+            })
+            .await;
+            if let Ok(Some((d, result))) = recovered {
+                tracing::warn!("{d}: {result}");
+            }
+        }
     }
 
     async fn take_image(
