@@ -40,7 +40,10 @@ impl Setup {
         let (public, key) = keypair(&dir, "test");
         let (_, other_key) = keypair(&dir, "other");
         let text = fs::read_to_string(repo_path("policy/simulated.toml")).unwrap();
-        assert!(text.contains(DEMO_KEY), "policy/simulated.toml lost the demo key");
+        assert!(
+            text.contains(DEMO_KEY),
+            "policy/simulated.toml lost the demo key"
+        );
         let policy = dir.join("policy.toml");
         fs::write(&policy, edit(text.replace(DEMO_KEY, &public))).unwrap();
         let bus = TestBus::start(&dir);
@@ -166,7 +169,9 @@ fn sign(key: &Path, image: &Path, sig: &Path) {
 /// A firmware image with a version header and `len` bytes of deterministic filler.
 fn fw_image(version: &str, len: usize) -> Vec<u8> {
     let mut bytes = format!("ACCELGATE-FW {version}\n").into_bytes();
-    let mut x: u32 = version.bytes().fold(0x9e37_79b9, |a, b| a.rotate_left(5) ^ u32::from(b));
+    let mut x: u32 = version
+        .bytes()
+        .fold(0x9e37_79b9, |a, b| a.rotate_left(5) ^ u32::from(b));
     while bytes.len() < len {
         x ^= x << 13;
         x ^= x >> 17;
@@ -265,7 +270,10 @@ fn tenant_denied_admin_flashes_with_progress_to_one() {
     let hw = s.hw();
     assert_eq!(hw.active, "b");
     assert_eq!(hw.slot_b_sha, sha256_hex(&image));
-    assert_eq!(hw.slot_a_sha, factory.slot_a_sha, "the old slot was touched");
+    assert_eq!(
+        hw.slot_a_sha, factory.slot_a_sha,
+        "the old slot was touched"
+    );
     assert_eq!(s.device_prop("FirmwareVersion"), "2.0.0");
 
     // An admin by group, through accelctl; status shows the new state.
@@ -320,9 +328,14 @@ fn bad_images_are_refused_before_a_byte_is_written() {
     s.flash("root", &big, Some(&big_sig))
         .fails_with("InvalidArgument");
     // Unsigned where signatures are required.
-    s.flash("root", &good, None).fails_with("VerificationFailed");
+    s.flash("root", &good, None)
+        .fails_with("VerificationFailed");
     // Garbage as signature.
-    let junk = write_image(&s.dir, "junk.minisig", b"untrusted comment: x\nnot base64\n");
+    let junk = write_image(
+        &s.dir,
+        "junk.minisig",
+        b"untrusted comment: x\nnot base64\n",
+    );
     s.flash("root", &good, Some(&junk))
         .fails_with("VerificationFailed");
     assert_eq!(s.hw(), before, "a refused image changed the hardware");
@@ -332,7 +345,10 @@ fn bad_images_are_refused_before_a_byte_is_written() {
     let text = fs::read_to_string(&s.policy).unwrap();
     fs::write(
         &s.policy,
-        text.replace("name = \"fpga0-flash\", locked = false", "name = \"fpga0-flash\", locked = true"),
+        text.replace(
+            "name = \"fpga0-flash\", locked = false",
+            "name = \"fpga0-flash\", locked = true",
+        ),
     )
     .unwrap();
     s.ctl("root", &["policy", "reload"]).ok();
@@ -360,13 +376,19 @@ fn second_flash_is_busy_reads_continue_and_cancel_keeps_old_firmware() {
             busy_seen = true;
         }
         let t = Instant::now();
-        assert_eq!(s.obs.read("fpga0", "region1", 0, 1, 4).unwrap(), vec![0xacce_0001]);
+        assert_eq!(
+            s.obs.read("fpga0", "region1", 0, 1, 4).unwrap(),
+            vec![0xacce_0001]
+        );
         slowest = slowest.max(t.elapsed());
         reads += 1;
     }
     assert!(busy_seen);
     assert!(reads >= 10, "only {reads} reads during the flash");
-    assert!(slowest < Duration::from_millis(250), "a read took {slowest:?}");
+    assert!(
+        slowest < Duration::from_millis(250),
+        "a read took {slowest:?}"
+    );
     assert_eq!(s.job_prop::<String>(&job, "State"), "succeeded");
     eprintln!("{reads} reads answered during a 4 MiB flash, slowest {slowest:?}");
 
@@ -427,10 +449,20 @@ fn sigkill_at_any_point_leaves_old_or_new_firmware_and_says_so() {
         if hw.active_sha() == new_sha {
             got_new += 1;
             assert_eq!(active_version, version);
-            assert!(result.starts_with("succeeded"), "kill {i} at {at:?}: {result}");
+            assert!(
+                result.starts_with("succeeded"),
+                "kill {i} at {at:?}: {result}"
+            );
         } else {
-            assert_eq!(hw.active, old.active, "kill {i}: switched to a slot that is not new");
-            assert_eq!(hw.active_sha(), old.active_sha(), "kill {i}: old slot changed");
+            assert_eq!(
+                hw.active, old.active,
+                "kill {i}: switched to a slot that is not new"
+            );
+            assert_eq!(
+                hw.active_sha(),
+                old.active_sha(),
+                "kill {i}: old slot changed"
+            );
             let old_version = s.device_prop("FirmwareVersion");
             assert_ne!(old_version, version);
             kept_old += 1;
@@ -444,12 +476,16 @@ fn sigkill_at_any_point_leaves_old_or_new_firmware_and_says_so() {
                 );
             }
         }
-        previous_result = result;
         eprintln!(
-            "kill {i:2} at {:4} ms: {}",
+            "kill {i:2} at {:4} ms: {} firmware; {result}",
             at.as_millis(),
-            if hw.active_sha() == new_sha { "new firmware" } else { "old firmware" }
+            if hw.active_sha() == new_sha {
+                "new"
+            } else {
+                "old"
+            }
         );
+        previous_result = result;
     }
     eprintln!("{points} kills: {kept_old} kept the old firmware, {got_new} booted the new one");
     assert!(kept_old >= 15, "too few kills landed during the flash");

@@ -478,9 +478,13 @@ pub async fn device_changed(conn: &Connection, d: &str) {
         let _ = obj.personality_sha256_changed(iface.signal_emitter()).await;
         let _ = obj.firmware_locked_changed(iface.signal_emitter()).await;
         let _ = obj.firmware_version_changed(iface.signal_emitter()).await;
-        let _ = obj.firmware_active_slot_changed(iface.signal_emitter()).await;
+        let _ = obj
+            .firmware_active_slot_changed(iface.signal_emitter())
+            .await;
         let _ = obj.firmware_state_changed(iface.signal_emitter()).await;
-        let _ = obj.firmware_last_result_changed(iface.signal_emitter()).await;
+        let _ = obj
+            .firmware_last_result_changed(iface.signal_emitter())
+            .await;
         let _ = obj.kind_changed(iface.signal_emitter()).await;
     }
 }

@@ -990,7 +990,11 @@ impl Daemon {
 
     /// What the Device firmware properties show; all empty for a device without firmware.
     pub fn firmware_info(&self, d: &str) -> FirmwareInfo {
-        let Some(fw) = self.device(d).ok().and_then(|dev| dev.policy.firmware.clone()) else {
+        let Some(fw) = self
+            .device(d)
+            .ok()
+            .and_then(|dev| dev.policy.firmware.clone())
+        else {
             return FirmwareInfo::default();
         };
         let records = self.firmware_records();

@@ -15,8 +15,8 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use sha2::{Digest, Sha256};
 
 use super::files::{poke, read_attr, write_atomic};
-use super::spec::{FwEffect, FwEntrySpec, REG_IMAGE_STATUS, REG_IMAGE_TAG, REG_PERSONALITY_TAG};
 use super::flash::{SlotWrite, FLASH_BYTES_PER_SEC};
+use super::spec::{FwEffect, FwEntrySpec, REG_IMAGE_STATUS, REG_IMAGE_TAG, REG_PERSONALITY_TAG};
 use super::tree::Tree;
 use super::SimError;
 
@@ -159,10 +159,9 @@ fn watch_loop(
                     .reconcile_vfs(&shared.tree.spec.functions[*index]),
                 (Watched::Fw(index), Some("loading")) => on_loading(shared, *index),
                 (Watched::Fw(index), Some("cancel")) => on_cancel(shared, *index),
-                (Watched::Slots(index), Some("activate")) => super::flash::on_activate(
-                    &shared.tree,
-                    &shared.tree.spec.fw_uploads[*index],
-                ),
+                (Watched::Slots(index), Some("activate")) => {
+                    super::flash::on_activate(&shared.tree, &shared.tree.spec.fw_uploads[*index])
+                }
                 _ => Ok(()),
             };
             if let Err(err) = result {

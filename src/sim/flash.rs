@@ -103,7 +103,10 @@ fn mark(dir: &Path, slot: Slot, state: &str) -> Result<(), SimError> {
 }
 
 fn mark_valid(dir: &Path, slot: Slot, image: &[u8]) -> Result<(), SimError> {
-    write_atomic(&attr(dir, slot, "sha256"), &format!("{}\n", hex(&Sha256::digest(image))))?;
+    write_atomic(
+        &attr(dir, slot, "sha256"),
+        &format!("{}\n", hex(&Sha256::digest(image))),
+    )?;
     write_atomic(
         &attr(dir, slot, "version"),
         &format!("{}\n", image_version(image)),
@@ -164,10 +167,17 @@ pub(crate) fn on_activate(tree: &Tree, entry: &FwEntrySpec) -> Result<(), SimErr
         return Ok(());
     };
     if read_attr(&attr(&dir, slot, "state")).as_deref() != Some("valid") {
-        tracing::warn!("simulator: {}: refusing to boot invalid slot {}", entry.name, slot.as_str());
+        tracing::warn!(
+            "simulator: {}: refusing to boot invalid slot {}",
+            entry.name,
+            slot.as_str()
+        );
         return Ok(());
     }
     // The switch is this one rename; the staging slot follows (and a build re-derives it).
     write_atomic(&dir.join("active_slot"), &format!("{}\n", slot.as_str()))?;
-    write_atomic(&dir.join("staging_slot"), &format!("{}\n", slot.other().as_str()))
+    write_atomic(
+        &dir.join("staging_slot"),
+        &format!("{}\n", slot.other().as_str()),
+    )
 }

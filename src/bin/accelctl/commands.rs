@@ -500,6 +500,31 @@ async fn audit(client: &Client, max: u32, json: bool) -> Result<(), CliError> {
     })
 }
 
+/// Firmware properties the client library's `DeviceInfo` does not carry (yet).
+struct FirmwareProperties {
+    active_slot: String,
+    state: String,
+    last_result: String,
+}
+
+async fn firmware_properties(
+    client: &Client,
+    device: &str,
+) -> Result<FirmwareProperties, ClientError> {
+    let proxy = zbus::Proxy::new(
+        client.connection(),
+        accelgate::names::BUS_NAME,
+        accelgate::names::device_path(device),
+        "org.accelgate.Accel1.Device",
+    )
+    .await?;
+    Ok(FirmwareProperties {
+        active_slot: proxy.get_property("FirmwareActiveSlot").await?,
+        state: proxy.get_property("FirmwareState").await?,
+        last_result: proxy.get_property("FirmwareLastResult").await?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -573,29 +598,4 @@ mod tests {
             ["fpga0/region0", "region", "64K", "no", "user:alice", "-"]
         );
     }
-}
-
-/// Firmware properties the client library's `DeviceInfo` does not carry (yet).
-struct FirmwareProperties {
-    active_slot: String,
-    state: String,
-    last_result: String,
-}
-
-async fn firmware_properties(
-    client: &Client,
-    device: &str,
-) -> Result<FirmwareProperties, ClientError> {
-    let proxy = zbus::Proxy::new(
-        client.connection(),
-        accelgate::names::BUS_NAME,
-        accelgate::names::device_path(device),
-        "org.accelgate.Accel1.Device",
-    )
-    .await?;
-    Ok(FirmwareProperties {
-        active_slot: proxy.get_property("FirmwareActiveSlot").await?,
-        state: proxy.get_property("FirmwareState").await?,
-        last_result: proxy.get_property("FirmwareLastResult").await?,
-    })
 }

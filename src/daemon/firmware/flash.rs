@@ -39,9 +39,7 @@ pub fn run_flash(
     progress: &mut dyn FnMut(f64),
     cancel: &AtomicBool,
 ) -> Result<String, FlashError> {
-    let FlashRequest {
-        device, sha256, ..
-    } = *request;
+    let FlashRequest { device, sha256, .. } = *request;
     let status = backend
         .status()
         .map_err(|e| FlashError::Failed(e.to_string()))?;
@@ -76,9 +74,12 @@ pub fn run_flash(
             "cancelled before anything was written; {kept}"
         )));
     }
-    records
-        .set_in_progress(device, &record)
-        .map_err(|e| FlashError::Failed(format!("cannot record the flash, nothing was written: {}", crate::daemon::service::error_chain(&e))))?;
+    records.set_in_progress(device, &record).map_err(|e| {
+        FlashError::Failed(format!(
+            "cannot record the flash, nothing was written: {}",
+            crate::daemon::service::error_chain(&e)
+        ))
+    })?;
 
     let written = backend
         .write_slot(

@@ -190,9 +190,11 @@ impl MtdSlots {
                 name: partition.clone(),
                 reason,
             };
-            let path =
-                find_partition(hw, &partition).ok_or_else(|| err("no such MTD partition".into()))?;
-            Ok(Box::new(MtdChar::open(&path).map_err(|e| err(e.to_string()))?))
+            let path = find_partition(hw, &partition)
+                .ok_or_else(|| err("no such MTD partition".into()))?;
+            Ok(Box::new(
+                MtdChar::open(&path).map_err(|e| err(e.to_string()))?,
+            ))
         };
         Ok(MtdSlots::new(open("a")?, open("b")?, open("sel")?))
     }
@@ -255,7 +257,10 @@ impl MtdSlots {
         let Some((len, sha)) = self.slot_header(slot)? else {
             return Ok(SlotInfo::default());
         };
-        let capacity = self.part(slot).size().saturating_sub(self.part(slot).erase_size());
+        let capacity = self
+            .part(slot)
+            .size()
+            .saturating_sub(self.part(slot).erase_size());
         if len == 0 || len > capacity {
             return Ok(SlotInfo::default());
         }
@@ -340,18 +345,24 @@ impl FirmwareBackend for MtdSlots {
         if len + block > part.size() {
             return Err(BackendError::Write {
                 slot,
-                reason: format!("the image needs {} bytes, the slot holds {}", len + block, part.size()),
+                reason: format!(
+                    "the image needs {} bytes, the slot holds {}",
+                    len + block,
+                    part.size()
+                ),
             });
         }
         // Header block first: from here on the slot is invalid until the header is written.
         part.erase(0, block).map_err(write_err)?;
-        part.erase(block, erase_span(len, block)).map_err(write_err)?;
+        part.erase(block, erase_span(len, block))
+            .map_err(write_err)?;
         let mut written = 0usize;
         for chunk in image.chunks(WRITE_CHUNK) {
             if cancel.load(Ordering::SeqCst) {
                 return Err(BackendError::Cancelled);
             }
-            part.write_at(block + written as u64, chunk).map_err(write_err)?;
+            part.write_at(block + written as u64, chunk)
+                .map_err(write_err)?;
             written += chunk.len();
             progress(written as f64 / image.len().max(1) as f64);
         }

@@ -187,7 +187,10 @@ mod tests {
         };
         records.finish("fpga0", &result).unwrap();
         assert!(records.in_progress("fpga0").is_none());
-        assert_eq!(records.last_result("fpga0").unwrap().to_string(), "succeeded: ok");
+        assert_eq!(
+            records.last_result("fpga0").unwrap().to_string(),
+            "succeeded: ok"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 }

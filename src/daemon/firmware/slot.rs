@@ -89,8 +89,7 @@ pub fn image_version(image: &[u8]) -> String {
         .filter(|v| {
             !v.is_empty()
                 && v.len() <= MAX_VERSION_LEN
-                && v
-                    .chars()
+                && v.chars()
                     .all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c))
         });
     version.unwrap_or("unknown").to_owned()

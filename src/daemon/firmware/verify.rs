@@ -151,7 +151,11 @@ mod tests {
 
     #[test]
     fn good_signature_by_a_device_key_passes() {
-        let v = verify_image(IMAGE, Some(SIG.as_bytes()), &policy(&[OTHER_KEY, KEY], false));
+        let v = verify_image(
+            IMAGE,
+            Some(SIG.as_bytes()),
+            &policy(&[OTHER_KEY, KEY], false),
+        );
         assert!(matches!(v, Ok(Verified::Signed { .. })), "{v:?}");
     }
 
