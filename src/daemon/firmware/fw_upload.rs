@@ -138,6 +138,13 @@ impl FirmwareBackend for FwUploadSlots {
     }
 
     fn switch_to(&self, slot: Slot) -> Result<(), BackendError> {
+        // The device would ignore the request; say why instead of waiting for a timeout.
+        if !self.slot_info(slot)?.valid {
+            return Err(BackendError::Switch {
+                slot,
+                reason: "the slot holds no valid image".into(),
+            });
+        }
         let path = self.slots_dir.join("activate");
         write_attr(&path, slot.as_str()).map_err(|e| BackendError::Switch {
             slot,
