@@ -219,3 +219,225 @@ fn finish_recovery(
     }
     Some(result)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::firmware::slot::{FirmwareStatus, Slot, SlotInfo};
+    use crate::daemon::image::sha256_hex;
+    use std::sync::Mutex;
+
+    /// A backend that logs calls, can fail verification, and can raise `cancel` when a given
+    /// step starts (to place a cancel request exactly).
+    struct Fake {
+        status: Mutex<FirmwareStatus>,
+        log: Mutex<Vec<String>>,
+        records: FirmwareRecords,
+        bad_readback: bool,
+        cancel_on: Option<&'static str>,
+        cancel: std::sync::Arc<AtomicBool>,
+    }
+
+    impl Fake {
+        fn new(records: &FirmwareRecords) -> Fake {
+            let valid = |v: &str| SlotInfo {
+                valid: true,
+                version: v.into(),
+                sha256: "old".into(),
+            };
+            Fake {
+                status: Mutex::new(FirmwareStatus {
+                    active: Slot::A,
+                    a: valid("1.0"),
+                    b: SlotInfo::default(),
+                }),
+                log: Mutex::default(),
+                records: records.clone(),
+                bad_readback: false,
+                cancel_on: None,
+                cancel: Default::default(),
+            }
+        }
+
+        fn step(&self, name: &str) {
+            // Every step that touches the device must come after the in-progress record.
+            let recorded = self
+                .records
+                .in_progress("dev")
+                .map(|r| format!("{:?}", r.phase))
+                .unwrap_or_else(|| "none".into());
+            self.log.lock().unwrap().push(format!("{name}[{recorded}]"));
+            if self.cancel_on == Some(name) {
+                self.cancel.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    impl FirmwareBackend for Fake {
+        fn status(&self) -> Result<FirmwareStatus, BackendError> {
+            Ok(self.status.lock().unwrap().clone())
+        }
+        fn write_slot(
+            &self,
+            slot: Slot,
+            image: &[u8],
+            progress: &mut dyn FnMut(f64),
+            cancel: &AtomicBool,
+        ) -> Result<(), BackendError> {
+            self.step("write");
+            if cancel.load(Ordering::SeqCst) {
+                return Err(BackendError::Cancelled);
+            }
+            progress(0.5);
+            let mut st = self.status.lock().unwrap();
+            let info = SlotInfo {
+                valid: true,
+                version: image_version(image),
+                sha256: sha256_hex(image),
+            };
+            match slot {
+                Slot::A => st.a = info,
+                Slot::B => st.b = info,
+            }
+            Ok(())
+        }
+        fn verify_slot(&self, slot: Slot, _: &[u8], _: &str) -> Result<(), BackendError> {
+            self.step("verify");
+            if self.bad_readback {
+                return Err(BackendError::Verify {
+                    slot,
+                    reason: "mismatch".into(),
+                });
+            }
+            Ok(())
+        }
+        fn switch_to(&self, slot: Slot) -> Result<(), BackendError> {
+            self.step("switch");
+            self.status.lock().unwrap().active = slot;
+            Ok(())
+        }
+    }
+
+    fn temp_records(tag: &str) -> (std::path::PathBuf, FirmwareRecords) {
+        let dir =
+            std::env::temp_dir().join(format!("accelgate-flash-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let records = FirmwareRecords::new(&dir);
+        (dir, records)
+    }
+
+    const IMAGE: &[u8] = b"ACCELGATE-FW 2.0\nnew";
+
+    fn run(fake: &Fake, records: &FirmwareRecords) -> (Result<String, FlashError>, Vec<f64>) {
+        let sha = sha256_hex(IMAGE);
+        let request = FlashRequest {
+            device: "dev",
+            image: IMAGE,
+            sha256: &sha,
+            started_by_uid: 0,
+        };
+        let mut seen = Vec::new();
+        let r = run_flash(fake, records, &request, &mut |p| seen.push(p), &fake.cancel);
+        (r, seen)
+    }
+
+    #[test]
+    fn writes_inactive_then_verifies_then_switches_after_recording_each_phase() {
+        let (dir, records) = temp_records("ok");
+        let fake = Fake::new(&records);
+        let (r, seen) = run(&fake, &records);
+        assert!(r.unwrap().contains("active in slot b"));
+        assert_eq!(
+            *fake.log.lock().unwrap(),
+            ["write[Writing]", "verify[Writing]", "switch[Switching]"]
+        );
+        assert_eq!(seen.last(), Some(&1.0));
+        assert!(records.in_progress("dev").is_none());
+        assert_eq!(
+            records.last_result("dev").unwrap().outcome,
+            Outcome::Succeeded
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn failed_readback_and_cancel_never_switch() {
+        let (dir, records) = temp_records("fail");
+        let mut fake = Fake::new(&records);
+        fake.bad_readback = true;
+        assert!(matches!(run(&fake, &records).0, Err(FlashError::Failed(_))));
+        assert_eq!(fake.status().unwrap().active, Slot::A);
+        let last = records.last_result("dev").unwrap();
+        assert_eq!(last.outcome, Outcome::Failed);
+        assert!(
+            last.message.contains("firmware 1.0 in slot a stays active"),
+            "{last:?}"
+        );
+
+        for step in ["write", "verify"] {
+            let mut fake = Fake::new(&records);
+            fake.cancel_on = Some(step);
+            let r = run(&fake, &records).0;
+            assert!(matches!(r, Err(FlashError::Cancelled(_))), "{step}: {r:?}");
+            assert_eq!(fake.status().unwrap().active, Slot::A);
+            assert!(!fake
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.starts_with("switch")));
+            assert_eq!(
+                records.last_result("dev").unwrap().outcome,
+                Outcome::Cancelled
+            );
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn cancel_after_the_point_of_no_return_is_reported_not_honoured() {
+        let (dir, records) = temp_records("late");
+        let mut fake = Fake::new(&records);
+        fake.cancel_on = Some("switch");
+        let message = run(&fake, &records).0.unwrap();
+        assert!(
+            message.contains("after the point of no return"),
+            "{message}"
+        );
+        assert_eq!(fake.status().unwrap().active, Slot::B);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn recovery_reports_what_the_device_boots() {
+        let (dir, records) = temp_records("recover");
+        let fake = Fake::new(&records);
+        let record = FlashRecord {
+            sha256: sha256_hex(IMAGE),
+            version: "2.0".into(),
+            target: Slot::B,
+            previous: Slot::A,
+            previous_version: "1.0".into(),
+            phase: Phase::Writing,
+            started_by_uid: 0,
+        };
+        assert!(recover_interrupted(Some(&fake), &records, "dev").is_none());
+        records.set_in_progress("dev", &record).unwrap();
+        let r = recover_interrupted(Some(&fake), &records, "dev").unwrap();
+        assert_eq!(r.outcome, Outcome::Interrupted);
+        assert!(
+            r.message.contains("firmware 1.0 in slot a is active"),
+            "{r:?}"
+        );
+        assert!(records.in_progress("dev").is_none());
+
+        // Killed after the switch: the device boots the new image.
+        fake.write_slot(Slot::B, IMAGE, &mut |_| {}, &AtomicBool::new(false))
+            .unwrap();
+        fake.switch_to(Slot::B).unwrap();
+        records.set_in_progress("dev", &record).unwrap();
+        let r = recover_interrupted(Some(&fake), &records, "dev").unwrap();
+        assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
