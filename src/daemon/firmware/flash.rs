@@ -2,7 +2,9 @@
 //! slot, read it back, then switch atomically (the point of no return), and record the end.
 //! Also what start-up does with a record a dead daemon left behind.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use super::backend::{BackendError, FirmwareBackend};
 use super::record::{FirmwareRecords, FlashRecord, LastResult, Outcome, Phase};
@@ -40,6 +42,11 @@ pub fn run_flash(
     cancel: &AtomicBool,
 ) -> Result<String, FlashError> {
     let FlashRequest { device, sha256, .. } = *request;
+    let Some(_flashing) = FlashingGuard::acquire(device) else {
+        return Err(FlashError::Busy(format!(
+            "another flash of {device} is running"
+        )));
+    };
     let status = backend
         .status()
         .map_err(|e| FlashError::Failed(e.to_string()))?;
@@ -150,6 +157,30 @@ pub fn run_flash(
     Ok(end(Outcome::Succeeded, message))
 }
 
+/// Devices with a flash running in this process. The daemon's per-device busy lock already
+/// serializes operations; this also holds across a policy reload, which gives a device whose
+/// policy changed a fresh runtime (and lock) while its old flash may still run.
+static FLASHING: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+struct FlashingGuard(String);
+
+impl FlashingGuard {
+    fn acquire(device: &str) -> Option<FlashingGuard> {
+        let mut set = FLASHING.lock().unwrap_or_else(|p| p.into_inner());
+        set.insert(device.to_owned())
+            .then(|| FlashingGuard(device.to_owned()))
+    }
+}
+
+impl Drop for FlashingGuard {
+    fn drop(&mut self) {
+        FLASHING
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.0);
+    }
+}
+
 fn cancel_is(cancel: &AtomicBool) -> bool {
     cancel.load(Ordering::SeqCst)
 }
@@ -225,7 +256,6 @@ mod tests {
     use super::*;
     use crate::daemon::firmware::slot::{FirmwareStatus, Slot, SlotInfo};
     use crate::daemon::image::sha256_hex;
-    use std::sync::Mutex;
 
     /// A backend that logs calls, can fail verification, and can raise `cancel` when a given
     /// step starts (to place a cancel request exactly).
@@ -236,10 +266,13 @@ mod tests {
         bad_readback: bool,
         cancel_on: Option<&'static str>,
         cancel: std::sync::Arc<AtomicBool>,
+        /// Unique per test: the process-wide one-flash-per-device guard spans tests.
+        device: String,
     }
 
     impl Fake {
         fn new(records: &FirmwareRecords) -> Fake {
+            let device = records.dir_name_for_tests();
             let valid = |v: &str| SlotInfo {
                 valid: true,
                 version: v.into(),
@@ -256,6 +289,7 @@ mod tests {
                 bad_readback: false,
                 cancel_on: None,
                 cancel: Default::default(),
+                device,
             }
         }
 
@@ -263,7 +297,7 @@ mod tests {
             // Every step that touches the device must come after the in-progress record.
             let recorded = self
                 .records
-                .in_progress("dev")
+                .in_progress(&self.device)
                 .map(|r| format!("{:?}", r.phase))
                 .unwrap_or_else(|| "none".into());
             self.log.lock().unwrap().push(format!("{name}[{recorded}]"));
@@ -331,7 +365,7 @@ mod tests {
     fn run(fake: &Fake, records: &FirmwareRecords) -> (Result<String, FlashError>, Vec<f64>) {
         let sha = sha256_hex(IMAGE);
         let request = FlashRequest {
-            device: "dev",
+            device: &fake.device,
             image: IMAGE,
             sha256: &sha,
             started_by_uid: 0,
@@ -352,9 +386,9 @@ mod tests {
             ["write[Writing]", "verify[Writing]", "switch[Switching]"]
         );
         assert_eq!(seen.last(), Some(&1.0));
-        assert!(records.in_progress("dev").is_none());
+        assert!(records.in_progress(&fake.device).is_none());
         assert_eq!(
-            records.last_result("dev").unwrap().outcome,
+            records.last_result(&fake.device).unwrap().outcome,
             Outcome::Succeeded
         );
         std::fs::remove_dir_all(dir).unwrap();
@@ -367,7 +401,7 @@ mod tests {
         fake.bad_readback = true;
         assert!(matches!(run(&fake, &records).0, Err(FlashError::Failed(_))));
         assert_eq!(fake.status().unwrap().active, Slot::A);
-        let last = records.last_result("dev").unwrap();
+        let last = records.last_result(&fake.device).unwrap();
         assert_eq!(last.outcome, Outcome::Failed);
         assert!(
             last.message.contains("firmware 1.0 in slot a stays active"),
@@ -387,11 +421,20 @@ mod tests {
                 .iter()
                 .any(|l| l.starts_with("switch")));
             assert_eq!(
-                records.last_result("dev").unwrap().outcome,
+                records.last_result(&fake.device).unwrap().outcome,
                 Outcome::Cancelled
             );
         }
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn one_flash_per_device_in_the_process() {
+        let guard = FlashingGuard::acquire("busy-dev").unwrap();
+        assert!(FlashingGuard::acquire("busy-dev").is_none());
+        assert!(FlashingGuard::acquire("other-dev").is_some());
+        drop(guard);
+        assert!(FlashingGuard::acquire("busy-dev").is_some());
     }
 
     #[test]
@@ -421,22 +464,22 @@ mod tests {
             phase: Phase::Writing,
             started_by_uid: 0,
         };
-        assert!(recover_interrupted(Some(&fake), &records, "dev").is_none());
-        records.set_in_progress("dev", &record).unwrap();
-        let r = recover_interrupted(Some(&fake), &records, "dev").unwrap();
+        assert!(recover_interrupted(Some(&fake), &records, &fake.device).is_none());
+        records.set_in_progress(&fake.device, &record).unwrap();
+        let r = recover_interrupted(Some(&fake), &records, &fake.device).unwrap();
         assert_eq!(r.outcome, Outcome::Interrupted);
         assert!(
             r.message.contains("firmware 1.0 in slot a is active"),
             "{r:?}"
         );
-        assert!(records.in_progress("dev").is_none());
+        assert!(records.in_progress(&fake.device).is_none());
 
         // Killed after the switch: the device boots the new image.
         fake.write_slot(Slot::B, IMAGE, &mut |_| {}, &AtomicBool::new(false))
             .unwrap();
         fake.switch_to(Slot::B).unwrap();
-        records.set_in_progress("dev", &record).unwrap();
-        let r = recover_interrupted(Some(&fake), &records, "dev").unwrap();
+        records.set_in_progress(&fake.device, &record).unwrap();
+        let r = recover_interrupted(Some(&fake), &records, &fake.device).unwrap();
         assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
         std::fs::remove_dir_all(dir).unwrap();
     }

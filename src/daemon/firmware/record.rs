@@ -124,6 +124,20 @@ impl FirmwareRecords {
     pub fn last_result(&self, device: &str) -> Option<LastResult> {
         read_json(&self.result_path(device))
     }
+
+    /// A device name unique to this record directory (tests of different directories run in
+    /// parallel and must not share a device).
+    #[cfg(test)]
+    pub fn dir_name_for_tests(&self) -> String {
+        self.dir
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|n| {
+                n.to_string_lossy()
+                    .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+            })
+            .unwrap_or_default()
+    }
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
