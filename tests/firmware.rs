@@ -397,7 +397,12 @@ fn second_flash_is_busy_reads_continue_and_cancel_keeps_old_firmware() {
     let image3 = fw_image("3.0.0", 4 << 20);
     let (_, sig3) = s.signed("fw3.bin", &image3, &s.key);
     let job = s.start_flash(&image3, &sig3);
-    std::thread::sleep(Duration::from_millis(150));
+    // Cancel once the device is writing the slot (progress comes from the transfer).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.job_prop::<f64>(&job, "Progress") < 0.1 {
+        assert!(Instant::now() < deadline, "the flash never started writing");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     s.obs.rt.block_on(s.client.cancel_job(&job)).unwrap();
     assert_eq!(s.wait_job_end(&job), "cancelled");
     let hw = s.hw();
