@@ -10,6 +10,7 @@ pub mod authz;
 pub mod bus;
 pub mod caller;
 pub mod devices;
+pub mod gatekeeper;
 pub mod hw;
 pub mod image;
 pub mod jobs;
