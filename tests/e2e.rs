@@ -5,7 +5,6 @@
 mod common;
 
 use std::fs;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -13,44 +12,14 @@ use common::*;
 const FPGA_BDF: &str = "0000:3b:00.0";
 const REGION0: u64 = 0x10000;
 
-struct Setup {
-    // Field order is drop order: the daemon stops before its bus.
-    daemon: TestDaemon,
-    bus: TestBus,
-    dir: PathBuf,
-    obs: Observer,
+type Setup = Stack;
+
+trait RegionView {
+    fn region0_bytes(&self, offset: u64, len: usize) -> Vec<u8>;
+    fn wait_image(&self, slice: &str, want: &str);
 }
 
-impl Setup {
-    fn new(name: &str) -> Setup {
-        Setup::with_policy(name, |p| p)
-    }
-
-    /// Starts everything with the simulated policy, edited by `edit`.
-    fn with_policy(name: &str, edit: impl FnOnce(String) -> String) -> Setup {
-        ensure_users();
-        let dir = test_dir(name);
-        let policy = dir.join("policy.toml");
-        fs::write(
-            &policy,
-            edit(fs::read_to_string(repo_path("policy/simulated.toml")).unwrap()),
-        )
-        .unwrap();
-        let bus = TestBus::start(&dir);
-        let daemon = TestDaemon::start(&bus, &dir, &policy);
-        let obs = Observer::connect(&bus.address);
-        Setup {
-            daemon,
-            bus,
-            dir,
-            obs,
-        }
-    }
-
-    fn ctl(&self, user: &str, args: &[&str]) -> Ctl {
-        ctl(&self.bus.address, user, args)
-    }
-
+impl RegionView for Stack {
     fn region0_bytes(&self, offset: u64, len: usize) -> Vec<u8> {
         sim_bar_bytes(&self.daemon.sim_dir, FPGA_BDF, REGION0 + offset, len)
     }
@@ -183,10 +152,9 @@ fn role_operation_matrix_with_denials_leaving_hardware_unchanged() {
     s.ctl("ag-admin", &["policy", "reload"]).ok();
 
     // Every decision is in the audit log, denials with the gate that decided.
-    let audit = fs::read_to_string(s.daemon.state_dir.join("audit.jsonl")).unwrap();
-    let denials: Vec<serde_json::Value> = audit
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    let denials: Vec<serde_json::Value> = s
+        .audit()
+        .into_iter()
         .filter(|r| r["decision"] == "deny")
         .collect();
     let tenant2 = uid_of("ag-tenant2");
@@ -408,4 +376,41 @@ fn sigkill_during_program_leaves_a_consistent_slice() {
         s.ctl("ag-operator", &["assign", "fpga0/region0", "ag-tenant1"])
             .ok();
     }
+}
+
+#[test]
+fn map_needs_an_assigned_vf_and_the_callers_capability() {
+    let s = Setup::new("map");
+    s.ctl("ag-operator", &["vfs", "nic0", "2"]).ok();
+    s.ctl("ag-operator", &["assign", "nic0/vf0", "ag-tenant1"])
+        .ok();
+    // The tenant role requires CAP_IPC_LOCK for slice.map.
+    s.ctl("ag-tenant1", &["map-test", "nic0/vf0"])
+        .fails_with("NotAuthorized");
+    let denial = s
+        .audit()
+        .into_iter()
+        .rev()
+        .find(|r| r["operation"] == "slice.map")
+        .unwrap();
+    assert_eq!(denial["gate"], "caller-caps");
+    let mapped = ctl_with_caps(
+        &s.bus.address,
+        "ag-tenant1",
+        "+ipc_lock",
+        &["--json", "map-test", "nic0/vf0"],
+    )
+    .ok();
+    assert_eq!(mapped.json()["value"], 0xacce_e100u64);
+    // The capability does not open a VF that is not assigned to the caller.
+    ctl_with_caps(
+        &s.bus.address,
+        "ag-tenant1",
+        "+ipc_lock",
+        &["map-test", "nic0/vf1"],
+    )
+    .fails_with("NotAuthorized");
+    // Windows inside a shared BAR are never handed out, whoever asks.
+    s.ctl("root", &["map-test", "fpga0/region0"])
+        .fails_with("InvalidArgument");
 }
