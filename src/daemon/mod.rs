@@ -13,6 +13,7 @@ pub mod devices;
 pub mod hw;
 pub mod image;
 pub mod jobs;
+pub mod polkit;
 pub mod service;
 pub mod state;
 pub mod tenant;
