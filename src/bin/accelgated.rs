@@ -30,6 +30,10 @@ struct Args {
     /// Audit log (JSON lines); default STATE_DIR/audit.jsonl.
     #[arg(long)]
     audit_log: Option<PathBuf>,
+    /// Do not check requests with polkit (role policy alone decides). For tests and demos on a
+    /// bus without polkitd; never on a production host.
+    #[arg(long)]
+    no_polkit: bool,
 }
 
 fn main() -> ExitCode {
@@ -41,6 +45,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if args.no_polkit {
+        tracing::warn!(
+            "--no-polkit: polkit is NOT consulted; only role policy gates requests. \
+             Do not run like this in production."
+        );
+    }
     let cfg = Config {
         root: args.root,
         simulate: args.simulate,
@@ -48,6 +58,7 @@ fn main() -> ExitCode {
         policy: args.policy,
         state_dir: args.state_dir,
         audit_log: args.audit_log,
+        polkit: !args.no_polkit,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -174,3 +174,89 @@ fn journal_fields<'a>(rec: &'a AuditRecord<'a>) -> Vec<(&'static str, std::borro
     }
     fields
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixDatagram;
+
+    fn record<'a>(decision: &'static str, reason: &'a str) -> AuditRecord<'a> {
+        AuditRecord {
+            time: 0.0,
+            uid: Some(1001),
+            pid: Some(4242),
+            sender: ":1.7",
+            operation: "slice.write",
+            target: "fpga0/region0",
+            decision,
+            gate: "polkit",
+            reason,
+        }
+    }
+
+    #[test]
+    fn records_go_to_the_file_and_to_journald_as_fields() {
+        let dir = std::env::temp_dir().join(format!("accelgate-audit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("journal.socket");
+        let journald = UnixDatagram::bind(&socket).unwrap();
+        let file = dir.join("audit.jsonl");
+        let log = AuditLog::open_with_journal(Some(&file), Some(&socket)).unwrap();
+        assert!(log.has_journal());
+
+        log.record(record("deny", "polkit: not authorized\nby rule 50"));
+        log.record(record("allow", "every gate passed"));
+
+        let mut buf = [0u8; 8192];
+        let n = journald.recv(&mut buf).unwrap();
+        let fields = journal::decode(&buf[..n]).unwrap();
+        let get = |k: &str| {
+            fields
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+                .unwrap_or_else(|| panic!("no {k} in {fields:?}"))
+        };
+        assert_eq!(get("ACCELGATE_UID"), "1001");
+        assert_eq!(get("ACCELGATE_PID"), "4242");
+        assert_eq!(get("ACCELGATE_OPERATION"), "slice.write");
+        assert_eq!(get("ACCELGATE_TARGET"), "fpga0/region0");
+        assert_eq!(get("ACCELGATE_DECISION"), "deny");
+        assert_eq!(get("ACCELGATE_GATE"), "polkit");
+        assert_eq!(get("ACCELGATE_REASON"), "polkit: not authorized\nby rule 50");
+        assert_eq!(get("PRIORITY"), "4");
+        assert!(get("MESSAGE").contains("deny slice.write on fpga0/region0"));
+        let n = journald.recv(&mut buf).unwrap();
+        let fields = journal::decode(&buf[..n]).unwrap();
+        assert!(fields.contains(&("PRIORITY".into(), "6".into())));
+        assert!(fields.contains(&("ACCELGATE_DECISION".into(), "allow".into())));
+
+        // The JSON lines file has both, whole.
+        let text = std::fs::read_to_string(&file).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["decision"], "deny");
+        assert_eq!(lines[0]["gate"], "polkit");
+        assert_eq!(lines[1]["decision"], "allow");
+        assert_eq!(log.recent(1).len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn without_journald_the_file_still_gets_every_record() {
+        let dir = std::env::temp_dir().join(format!("accelgate-audit-nj-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("audit.jsonl");
+        let log =
+            AuditLog::open_with_journal(Some(&file), Some(&dir.join("no-such-socket"))).unwrap();
+        assert!(!log.has_journal());
+        log.record(record("deny", "x"));
+        assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
