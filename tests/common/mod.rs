@@ -5,6 +5,8 @@
 //! `dbus-daemon`; a test that lacks either fails with a message saying so.
 #![allow(dead_code)]
 
+pub mod polkit;
+
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
