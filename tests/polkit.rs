@@ -126,7 +126,12 @@ fn slice(d: &str, s: &str) -> Target {
     Target::Slice(d.into(), s.into())
 }
 
-fn cached(gate: &PolkitGate, caller: &Caller, operation: Operation, target: &Target) -> Option<bool> {
+fn cached(
+    gate: &PolkitGate,
+    caller: &Caller,
+    operation: Operation,
+    target: &Target,
+) -> Option<bool> {
     gate.cache().unwrap().lookup(&KeyRef {
         sender: &caller.sender,
         operation,
@@ -158,37 +163,79 @@ fn gate_asks_polkit_with_bus_name_and_details_and_caches_only_definite_answers()
 
     // Defaults of the .policy file: tenant slice operations yes.
     check(rt, &gate, &tenant1, Operation::SliceRead, &region0, None).unwrap();
-    assert_eq!(cached(&gate, &tenant1, Operation::SliceRead, &region0), Some(true));
+    assert_eq!(
+        cached(&gate, &tenant1, Operation::SliceRead, &region0),
+        Some(true)
+    );
     // Rules see the caller's user and the details device, slice and image_sha256.
     let denied = check(rt, &gate, &tenant1, Operation::SliceWrite, &region0, None).unwrap_err();
     assert!(denied.contains("not authorized"), "{denied}");
-    assert_eq!(cached(&gate, &tenant1, Operation::SliceWrite, &region0), Some(false));
+    assert_eq!(
+        cached(&gate, &tenant1, Operation::SliceWrite, &region0),
+        Some(false)
+    );
     check(rt, &gate, &tenant1, Operation::SliceRead, &region1, None).unwrap_err();
     check(rt, &gate, &admin, Operation::SliceRead, &region1, None).unwrap();
-    check(rt, &gate, &tenant1, Operation::SliceProgram, &region0, Some("badbadbad"))
-        .unwrap_err();
-    check(rt, &gate, &tenant1, Operation::SliceProgram, &region0, Some("0123abcd")).unwrap();
+    check(
+        rt,
+        &gate,
+        &tenant1,
+        Operation::SliceProgram,
+        &region0,
+        Some("badbadbad"),
+    )
+    .unwrap_err();
+    check(
+        rt,
+        &gate,
+        &tenant1,
+        Operation::SliceProgram,
+        &region0,
+        Some("0123abcd"),
+    )
+    .unwrap();
     // auth_admin(_keep) without interaction: a challenge, which denies and is never cached.
     for op in [Operation::SliceAssign, Operation::DeviceFlash] {
-        let target = if op == Operation::DeviceFlash { &fpga0 } else { &region0 };
+        let target = if op == Operation::DeviceFlash {
+            &fpga0
+        } else {
+            &region0
+        };
         let r = check(rt, &gate, &tenant1, op, target, None).unwrap_err();
         assert!(r.contains("authentication"), "{op}: {r}");
-        assert_eq!(cached(&gate, &tenant1, op, target), None, "{op} challenge cached");
+        assert_eq!(
+            cached(&gate, &tenant1, op, target),
+            None,
+            "{op} challenge cached"
+        );
     }
     check(rt, &gate, &operator, Operation::SliceAssign, &region0, None).unwrap();
-    check(rt, &gate, &operator, Operation::DeviceConfigure, &fpga0, None).unwrap();
+    check(
+        rt,
+        &gate,
+        &operator,
+        Operation::DeviceConfigure,
+        &fpga0,
+        None,
+    )
+    .unwrap();
     check(rt, &gate, &operator, Operation::DeviceFlash, &fpga0, None).unwrap_err();
     check(rt, &gate, &admin, Operation::DeviceFlash, &fpga0, None).unwrap();
 
     // A rules change reaches the same long-lived clients without restarting anything: polkit
     // emits Changed and the cache is dropped.
     s.polkit.set_rule(TEST_RULES, GATE_RULES_V2);
-    wait_until("cache dropped after the rules changed", Duration::from_secs(10), || {
-        gate.cache().unwrap().is_empty()
-    });
+    wait_until(
+        "cache dropped after the rules changed",
+        Duration::from_secs(10),
+        || gate.cache().unwrap().is_empty(),
+    );
     check(rt, &gate, &tenant1, Operation::SliceWrite, &region0, None).unwrap();
     check(rt, &gate, &operator, Operation::SliceAssign, &region0, None).unwrap_err();
-    assert_eq!(cached(&gate, &operator, Operation::SliceAssign, &region0), Some(false));
+    assert_eq!(
+        cached(&gate, &operator, Operation::SliceAssign, &region0),
+        Some(false)
+    );
 
     // A cached answer is served without polkit: with polkitd frozen, the cached allow still
     // passes at once, and a new question is denied within the timeout, not hung.
@@ -199,13 +246,20 @@ fn gate_asks_polkit_with_bus_name_and_details_and_caches_only_definite_answers()
     let t = Instant::now();
     let r = check(rt, &gate, &tenant1, Operation::SliceMap, &region0, None).unwrap_err();
     assert!(r.contains("did not answer"), "{r}");
-    assert!(t.elapsed() < Duration::from_secs(4), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        t.elapsed()
+    );
     s.polkit.resume();
 
     // A sender that leaves loses its answers; its name is never authorized again.
     let (t2_conn, tenant2) = s.client("ag-tenant2");
     check(rt, &gate, &tenant2, Operation::SliceRead, &region0, None).unwrap();
-    assert_eq!(cached(&gate, &tenant2, Operation::SliceRead, &region0), Some(true));
+    assert_eq!(
+        cached(&gate, &tenant2, Operation::SliceRead, &region0),
+        Some(true)
+    );
     rt.block_on(t2_conn.close()).unwrap();
     wait_until("departed sender forgotten", Duration::from_secs(5), || {
         cached(&gate, &tenant2, Operation::SliceRead, &region0).is_none()
@@ -214,11 +268,16 @@ fn gate_asks_polkit_with_bus_name_and_details_and_caches_only_definite_answers()
     assert!(r.contains("polkit check failed"), "{r}");
 
     // polkitd gone: every check denies, quickly (the owner change also drops the cache).
-    assert_eq!(cached(&gate, &tenant1, Operation::SliceWrite, &region0), Some(true));
+    assert_eq!(
+        cached(&gate, &tenant1, Operation::SliceWrite, &region0),
+        Some(true)
+    );
     s.polkit.stop();
-    wait_until("cache dropped when polkit left", Duration::from_secs(5), || {
-        gate.cache().unwrap().is_empty()
-    });
+    wait_until(
+        "cache dropped when polkit left",
+        Duration::from_secs(5),
+        || gate.cache().unwrap().is_empty(),
+    );
     let t = Instant::now();
     for (who, op, target) in [
         (&tenant1, Operation::SliceWrite, &region0),
@@ -227,11 +286,23 @@ fn gate_asks_polkit_with_bus_name_and_details_and_caches_only_definite_answers()
     ] {
         check(rt, &gate, who, op, target, None).unwrap_err();
     }
-    assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
 
     // And back: a new polkitd answers again.
     s.polkit.restart();
-    check(&s.rt, &gate, &tenant1, Operation::SliceWrite, &region0, None).unwrap();
+    check(
+        &s.rt,
+        &gate,
+        &tenant1,
+        Operation::SliceWrite,
+        &region0,
+        None,
+    )
+    .unwrap();
 }
 
 /// What the cache saves: the same authorized check from one long-lived client, with and
@@ -307,8 +378,10 @@ impl DaemonSetup {
             bus,
         };
         // Root is always authorized by polkit; these set up the tenants.
-        s.ctl("root", &["assign", "fpga0/region0", "ag-tenant1"]).ok();
-        s.ctl("root", &["assign", "fpga0/region1", "ag-tenant2"]).ok();
+        s.ctl("root", &["assign", "fpga0/region0", "ag-tenant1"])
+            .ok();
+        s.ctl("root", &["assign", "fpga0/region1", "ag-tenant2"])
+            .ok();
         s
     }
 
@@ -348,7 +421,11 @@ fn expect(s: &DaemonSetup, user: &str, args: &[&str], operation: &str, want: Res
     let rec = s.last_decision(uid_of(user), operation);
     match want {
         Ok(()) => {
-            assert_eq!(r.code, 0, "{user} {args:?} should pass: {}{}", r.stdout, r.stderr);
+            assert_eq!(
+                r.code, 0,
+                "{user} {args:?} should pass: {}{}",
+                r.stdout, r.stderr
+            );
             assert_eq!(rec["decision"], "allow", "{user} {args:?}: {rec}");
         }
         Err(gate) => {
@@ -359,6 +436,9 @@ fn expect(s: &DaemonSetup, user: &str, args: &[&str], operation: &str, want: Res
     }
 }
 
+/// (user, accelctl arguments, operation, expected: `Ok` or the gate that denies)
+type MatrixRow<'a> = (&'a str, &'a [&'a str], &'a str, Result<(), &'a str>);
+
 #[test]
 fn role_and_polkit_rules_both_have_to_allow() {
     let s = DaemonSetup::new("pk-matrix", DAEMON_RULES);
@@ -367,8 +447,7 @@ fn role_and_polkit_rules_both_have_to_allow() {
     let write1 = ["write", "fpga0/region1", "0x100", "0x66"];
     let assign1 = ["assign", "fpga0/region1", "ag-tenant2"];
     let before = s.region_bytes(0x100);
-    // (user, request, operation, expected: Ok or the gate that denies)
-    let matrix: &[(&str, &[&str], &str, Result<(), &str>)] = &[
+    let matrix: &[MatrixRow] = &[
         ("ag-tenant1", &read0, "slice.read", Ok(())),
         // The role allows tenant1 to write its slice; the polkit rule says no, and wins.
         ("ag-tenant1", &write0, "slice.write", Err("polkit")),
@@ -387,11 +466,18 @@ fn role_and_polkit_rules_both_have_to_allow() {
     for (user, args, op, want) in matrix {
         expect(&s, user, args, op, *want);
     }
-    assert_eq!(s.region_bytes(0x100), before, "a denied write reached region0");
+    assert_eq!(
+        s.region_bytes(0x100),
+        before,
+        "a denied write reached region0"
+    );
 
     // The polkit denial is on record with its reason; nothing was written.
     let rec = s.last_decision(uid_of("ag-tenant1"), "slice.write");
-    assert!(rec["reason"].as_str().unwrap().contains("not authorized"), "{rec}");
+    assert!(
+        rec["reason"].as_str().unwrap().contains("not authorized"),
+        "{rec}"
+    );
     assert_eq!(rec["target"], "fpga0/region0");
 }
 
@@ -418,29 +504,57 @@ fn rules_changes_apply_without_restarting_and_polkit_gone_denies() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let rec = s.last_decision(uid_of("ag-operator"), "slice.assign");
-    assert_eq!((rec["decision"].as_str(), rec["gate"].as_str()), (Some("deny"), Some("polkit")));
+    assert_eq!(
+        (rec["decision"].as_str(), rec["gate"].as_str()),
+        (Some("deny"), Some("polkit"))
+    );
     assert_eq!(s.daemon.pid(), daemon_pid, "the daemon was restarted");
 
     // polkitd stopped mid-run: everything polkit gates is denied, promptly; the role gate
     // still answers first for those it denies.
     s.polkit.stop();
     let t = Instant::now();
-    expect(&s, "ag-tenant2", &["read", "fpga0/region1", "0x0"], "slice.read", Err("polkit"));
+    expect(
+        &s,
+        "ag-tenant2",
+        &["read", "fpga0/region1", "0x0"],
+        "slice.read",
+        Err("polkit"),
+    );
     expect(&s, "ag-admin", &assign1, "slice.assign", Err("polkit"));
     expect(&s, "ag-nobody", &assign1, "slice.assign", Err("role"));
-    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
 
     // polkitd frozen (name owned, no answers): denied within the daemon's timeout, not hung.
     s.polkit.restart();
-    expect(&s, "ag-tenant2", &["read", "fpga0/region1", "0x0"], "slice.read", Ok(()));
+    expect(
+        &s,
+        "ag-tenant2",
+        &["read", "fpga0/region1", "0x0"],
+        "slice.read",
+        Ok(()),
+    );
     s.polkit.pause();
     let t = Instant::now();
-    expect(&s, "ag-tenant2", &["read", "fpga0/region1", "0x0"], "slice.read", Err("polkit"));
+    expect(
+        &s,
+        "ag-tenant2",
+        &["read", "fpga0/region1", "0x0"],
+        "slice.read",
+        Err("polkit"),
+    );
     let took = t.elapsed();
     s.polkit.resume();
     assert!(took < Duration::from_secs(10), "took {took:?}");
     let rec = s.last_decision(uid_of("ag-tenant2"), "slice.read");
-    assert!(rec["reason"].as_str().unwrap().contains("did not answer"), "{rec}");
+    assert!(
+        rec["reason"].as_str().unwrap().contains("did not answer"),
+        "{rec}"
+    );
 }
 
 /// Rules for the disconnect test: nothing narrows tenant writes.
@@ -503,7 +617,9 @@ fn a_caller_that_disconnects_right_after_calling_is_never_authorized() {
     let rec = record_for(&stays);
     assert_eq!(rec["decision"], "allow", "{rec}");
     assert_eq!(rec["uid"], tenant1);
-    wait_until("the control write landed", Duration::from_secs(5), || word() == 0x1111);
+    wait_until("the control write landed", Duration::from_secs(5), || {
+        word() == 0x1111
+    });
 
     for i in 0..20u64 {
         let value = 0xdead_0000 + i;
@@ -514,6 +630,10 @@ fn a_caller_that_disconnects_right_after_calling_is_never_authorized() {
             rec["gate"] == "identity" || rec["gate"] == "polkit",
             "round {i}: {rec}"
         );
-        assert_eq!(word(), 0x1111, "round {i}: the departed caller's write happened");
+        assert_eq!(
+            word(),
+            0x1111,
+            "round {i}: the departed caller's write happened"
+        );
     }
 }

@@ -65,15 +65,15 @@ impl AuditLog {
         path: Option<&Path>,
         journal: Option<&Path>,
     ) -> Result<AuditLog, AuditError> {
-        let journal = journal
-            .filter(|socket| socket.exists())
-            .and_then(|socket| match Journal::connect(socket) {
+        let journal = journal.filter(|socket| socket.exists()).and_then(|socket| {
+            match Journal::connect(socket) {
                 Ok(j) => Some(j),
                 Err(e) => {
                     tracing::warn!("audit: journald at {} unusable: {e}", socket.display());
                     None
                 }
-            });
+            }
+        });
         let file = match path {
             Some(p) => Some(Mutex::new(
                 OpenOptions::new()
@@ -224,7 +224,10 @@ mod tests {
         assert_eq!(get("ACCELGATE_TARGET"), "fpga0/region0");
         assert_eq!(get("ACCELGATE_DECISION"), "deny");
         assert_eq!(get("ACCELGATE_GATE"), "polkit");
-        assert_eq!(get("ACCELGATE_REASON"), "polkit: not authorized\nby rule 50");
+        assert_eq!(
+            get("ACCELGATE_REASON"),
+            "polkit: not authorized\nby rule 50"
+        );
         assert_eq!(get("PRIORITY"), "4");
         assert!(get("MESSAGE").contains("deny slice.write on fpga0/region0"));
         let n = journald.recv(&mut buf).unwrap();

@@ -27,7 +27,9 @@ use tokio::task::JoinHandle;
 use zbus::fdo::DBusProxy;
 use zbus::message::Message;
 use zbus::Connection;
-use zbus_polkit::policykit1::{AuthorityProxy, AuthorizationResult, CheckAuthorizationFlags, Subject};
+use zbus_polkit::policykit1::{
+    AuthorityProxy, AuthorizationResult, CheckAuthorizationFlags, Subject,
+};
 
 use super::authz::{Gate, GateFuture, GateRequest};
 use super::caller::futures_lite_next::next;
@@ -128,7 +130,9 @@ impl Verdict {
     pub fn into_result(self) -> Result<(), String> {
         match self {
             Verdict::Authorized | Verdict::AuthorizedTemporarily => Ok(()),
-            Verdict::Challenge => Err("polkit requires authentication, which did not happen".into()),
+            Verdict::Challenge => {
+                Err("polkit requires authentication, which did not happen".into())
+            }
             Verdict::Dismissed => Err("polkit authentication was dismissed".into()),
             Verdict::NotAuthorized => Err("polkit: not authorized".into()),
         }
@@ -210,7 +214,11 @@ impl PolkitGate {
     }
 
     /// One `CheckAuthorization` call, bounded in time.
-    async fn ask(&self, key: &KeyRef<'_>, interactive: bool) -> Result<AuthorizationResult, String> {
+    async fn ask(
+        &self,
+        key: &KeyRef<'_>,
+        interactive: bool,
+    ) -> Result<AuthorizationResult, String> {
         let subject = bus_name_subject(key.sender)?;
         let mut details: HashMap<&str, &str> = HashMap::with_capacity(4);
         details.insert("operation", key.operation.as_str());
@@ -231,7 +239,11 @@ impl PolkitGate {
                 format!("accelgate-{}-{n}", std::process::id()),
             )
         } else {
-            (CheckAuthorizationFlags::empty(), self.options.timeout, String::new())
+            (
+                CheckAuthorizationFlags::empty(),
+                self.options.timeout,
+                String::new(),
+            )
         };
         let call = self.authority.check_authorization(
             &subject,
@@ -247,7 +259,10 @@ impl PolkitGate {
                 if !cancellation_id.is_empty() {
                     self.cancel_in_background(cancellation_id);
                 }
-                Err(format!("polkit did not answer within {} s", timeout.as_secs()))
+                Err(format!(
+                    "polkit did not answer within {} s",
+                    timeout.as_secs()
+                ))
             }
         }
     }
@@ -358,7 +373,11 @@ mod tests {
     fn only_definite_answers_are_cacheable() {
         let cases = [
             (result(true, false, &[]), Verdict::Authorized, Some(true)),
-            (result(false, false, &[]), Verdict::NotAuthorized, Some(false)),
+            (
+                result(false, false, &[]),
+                Verdict::NotAuthorized,
+                Some(false),
+            ),
             (result(false, true, &[]), Verdict::Challenge, None),
             (result(false, false, &[DISMISSED]), Verdict::Dismissed, None),
             (

@@ -125,7 +125,9 @@ mod tests {
         let path = dir.join("socket");
         let server = UnixDatagram::bind(&path).unwrap();
         let journal = Journal::connect(&path).unwrap();
-        journal.send(&[("MESSAGE", "hello"), ("ACCELGATE_UID", "7")]).unwrap();
+        journal
+            .send(&[("MESSAGE", "hello"), ("ACCELGATE_UID", "7")])
+            .unwrap();
         let mut buf = [0u8; 4096];
         let n = server.recv(&mut buf).unwrap();
         assert_eq!(

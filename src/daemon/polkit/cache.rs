@@ -272,6 +272,9 @@ mod tests {
             c.store(&key(n, Some("region0")), true, c.epoch());
         }
         assert!(c.len() <= MAX_ENTRIES);
-        assert_eq!(c.lookup(&key(names.last().unwrap(), Some("region0"))), Some(true));
+        assert_eq!(
+            c.lookup(&key(names.last().unwrap(), Some("region0"))),
+            Some(true)
+        );
     }
 }
