@@ -446,6 +446,7 @@ fn role_and_polkit_rules_both_have_to_allow() {
     let write0 = ["write", "fpga0/region0", "0x100", "0x55"];
     let write1 = ["write", "fpga0/region1", "0x100", "0x66"];
     let assign1 = ["assign", "fpga0/region1", "ag-tenant2"];
+    let vfs = ["vfs", "nic0", "2"];
     let before = s.region_bytes(0x100);
     let matrix: &[MatrixRow] = &[
         ("ag-tenant1", &read0, "slice.read", Ok(())),
@@ -462,6 +463,11 @@ fn role_and_polkit_rules_both_have_to_allow() {
         ("ag-admin", &assign1, "slice.assign", Ok(())),
         ("ag-nobody", &read0, "slice.read", Err("role")),
         ("ag-nobody", &assign1, "slice.assign", Err("role")),
+        // device.configure: auth_admin_keep and no rule for operators, so polkit denies the
+        // operator whose role allows it; the admin rule allows.
+        ("ag-operator", &vfs, "device.configure", Err("polkit")),
+        ("ag-tenant1", &vfs, "device.configure", Err("role")),
+        ("ag-admin", &vfs, "device.configure", Ok(())),
     ];
     for (user, args, op, want) in matrix {
         expect(&s, user, args, op, *want);
