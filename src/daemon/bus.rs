@@ -409,6 +409,10 @@ pub async fn export_all(daemon: &Arc<Daemon>) {
     *exported = wanted;
     drop(exported);
     let _ = server.at(ROOT_PATH, fdo::ObjectManager).await;
+    // A reload may have changed what devices report (policy-derived properties).
+    for d in daemon.devices().keys() {
+        device_changed(&daemon.conn, d).await;
+    }
 }
 
 /// Announces a change of a slice's Tenant and ImageSha256.
@@ -435,6 +439,8 @@ pub async fn device_changed(conn: &Connection, d: &str) {
         let _ = obj.num_vfs_changed(iface.signal_emitter()).await;
         let _ = obj.slices_changed(iface.signal_emitter()).await;
         let _ = obj.personality_sha256_changed(iface.signal_emitter()).await;
+        let _ = obj.firmware_locked_changed(iface.signal_emitter()).await;
+        let _ = obj.kind_changed(iface.signal_emitter()).await;
     }
 }
 

@@ -678,19 +678,23 @@ impl Daemon {
             self.update_state(|st| st.device_mut(&d).num_vfs = Some(count))?;
             return Ok(());
         }
-        // VFs that would go away must not be in use, unless the operator says so.
-        let doomed: Vec<Arc<SliceRt>> = dev
+        // The kernel only changes a non-zero VF count by going through zero, so then every VF
+        // is destroyed and recreated; otherwise only those at or past the new count go. VFs
+        // that would be disrupted must not be in use, unless the operator says so.
+        let current = dev.num_vfs();
+        let disrupted: Vec<Arc<SliceRt>> = dev
             .slices_read()
             .values()
+            .filter(|s| s.kind == SliceKind::Vf)
             .filter(|s| {
-                s.kind == SliceKind::Vf
-                    && super::devices::vf_index(&s.id).is_some_and(|i| i >= count)
+                (current > 0 && count > 0)
+                    || super::devices::vf_index(&s.id).is_some_and(|i| i >= count)
             })
             .cloned()
             .collect();
         let assigned: Vec<String> = {
             let st = self.state();
-            doomed
+            disrupted
                 .iter()
                 .filter(|s| st.get().slice(&d, &s.id).tenant.is_some())
                 .map(|s| s.id.clone())
@@ -698,12 +702,12 @@ impl Daemon {
         };
         if !assigned.is_empty() && !force {
             return Err(AccelError::Busy(format!(
-                "VFs {} of {d} are assigned; release them or pass force",
+                "VFs {} of {d} are assigned and would be recreated or removed; release them or pass force",
                 assigned.join(", ")
             )));
         }
         let mut guards = Vec::new();
-        for s in &doomed {
+        for s in &disrupted {
             guards.push(
                 s.busy
                     .clone()
@@ -711,15 +715,13 @@ impl Daemon {
                     .map_err(|_| self.busy(auth))?,
             );
         }
-        for s in &doomed {
-            if assigned.contains(&s.id) {
-                self.scrub(&d, &s.id, s).await?;
-            }
-        }
+        // VFs that go away lose their assignment; those that are recreated keep it.
         self.update_state(|st| {
             st.device_mut(&d).num_vfs = Some(count);
-            for s in &doomed {
-                *st.slice_mut(&d, &s.id) = Default::default();
+            for s in &disrupted {
+                if super::devices::vf_index(&s.id).is_some_and(|i| i >= count) {
+                    *st.slice_mut(&d, &s.id) = Default::default();
+                }
             }
         })?;
         self.apply_vf_count(&dev, count).await
