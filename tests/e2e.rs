@@ -68,15 +68,18 @@ impl Setup {
     }
 }
 
+/// The register values of `accelctl --json read`: `[{"offset": N, "value": N}, ...]`.
 fn values_of(c: &Ctl) -> Vec<u64> {
     let v = c.json();
-    let arr = v
+    let rows = v
         .as_array()
-        .cloned()
-        .or_else(|| v.get("values").and_then(|x| x.as_array()).cloned());
-    arr.unwrap_or_else(|| panic!("no values in {v}"))
-        .iter()
-        .map(|x| x.as_u64().unwrap())
+        .unwrap_or_else(|| panic!("not a list of registers: {v}"));
+    rows.iter()
+        .map(|r| {
+            r["value"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no value in {r}"))
+        })
         .collect()
 }
 

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use accelgate::daemon::sandbox::Violation;
 use accelgate::daemon::service::error_chain;
 use accelgate::daemon::{run, BusChoice, Config};
 use clap::Parser;
@@ -34,6 +35,19 @@ struct Args {
     /// bus without polkitd; never on a production host.
     #[arg(long)]
     no_polkit: bool,
+    /// Do not confine the daemon (no capability drop, no seccomp). For debugging only.
+    #[arg(long)]
+    no_sandbox: bool,
+    /// What a system call outside the seccomp allow-list gets: `kill` the daemon, or `errno`
+    /// (fails with EPERM).
+    #[arg(long, value_enum, default_value = "kill")]
+    seccomp_violation: ViolationArg,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum ViolationArg {
+    Kill,
+    Errno,
 }
 
 fn main() -> ExitCode {
@@ -43,6 +57,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     if args.no_polkit {
@@ -59,6 +74,11 @@ fn main() -> ExitCode {
         state_dir: args.state_dir,
         audit_log: args.audit_log,
         polkit: !args.no_polkit,
+        sandbox: !args.no_sandbox,
+        on_violation: match args.seccomp_violation {
+            ViolationArg::Kill => Violation::Kill,
+            ViolationArg::Errno => Violation::Errno,
+        },
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -46,6 +46,7 @@ impl ManagerObject {
     }
 
     /// The newest `max` audit records, oldest first, one JSON object per string.
+    #[zbus(out_args("records"))]
     async fn audit_log(
         &self,
         #[zbus(header)] hdr: Header<'_>,
@@ -109,6 +110,7 @@ impl DeviceObject {
 
     /// Loads a whole-device personality image. options: force (b) to proceed while slices are
     /// assigned. Returns the job.
+    #[zbus(out_args("job"))]
     async fn configure(
         &self,
         #[zbus(header)] hdr: Header<'_>,
@@ -123,6 +125,7 @@ impl DeviceObject {
     }
 
     /// Writes firmware to flash. options: signature (ay). Returns the job.
+    #[zbus(out_args("job"))]
     async fn flash(
         &self,
         #[zbus(header)] hdr: Header<'_>,
@@ -236,6 +239,7 @@ impl SliceObject {
 #[interface(name = "org.accelgate.Accel1.Slice")]
 impl SliceObject {
     /// Reads `count` registers of `width` bytes (1, 2, 4, 8) from `offset` in the slice.
+    #[zbus(out_args("values"))]
     async fn read(
         &self,
         #[zbus(header)] hdr: Header<'_>,
@@ -260,6 +264,7 @@ impl SliceObject {
     }
 
     /// A file descriptor of the slice's whole, isolated BAR (VF slices only).
+    #[zbus(out_args("bar"))]
     async fn map(
         &self,
         #[zbus(header)] hdr: Header<'_>,
@@ -271,6 +276,7 @@ impl SliceObject {
     }
 
     /// Loads an application image into the slice. Returns the job.
+    #[zbus(out_args("job"))]
     async fn program(
         &self,
         #[zbus(header)] hdr: Header<'_>,

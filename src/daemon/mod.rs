@@ -14,6 +14,7 @@ pub mod hw;
 pub mod image;
 pub mod jobs;
 pub mod polkit;
+pub mod sandbox;
 pub mod service;
 pub mod state;
 pub mod tenant;
@@ -64,6 +65,10 @@ pub struct Config {
     pub audit_log: Option<PathBuf>,
     /// Check every request with polkit. Off only for tests and demos without polkitd.
     pub polkit: bool,
+    /// Confine the process (capabilities, no_new_privs, seccomp). Off only for debugging.
+    pub sandbox: bool,
+    /// What a syscall outside the allow-list gets.
+    pub on_violation: sandbox::Violation,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +89,8 @@ pub enum RunError {
     Name(String),
     #[error("cannot start the polkit gate")]
     Polkit(#[source] polkit::PolkitError),
+    #[error("cannot confine the daemon")]
+    Sandbox(#[source] sandbox::SandboxError),
     #[error("cannot install signal handlers")]
     Signals(#[source] std::io::Error),
 }
@@ -136,7 +143,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
 
     let daemon = Daemon::new(
         conn.clone(),
-        hw::HwRoot::new(root),
+        hw::HwRoot::new(&root),
         cfg.policy.clone(),
         policy,
         state,
@@ -146,6 +153,23 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     .await
     .map_err(RunError::Service)?;
     bus::export_all(&daemon).await;
+    let signals = Signals::install().map_err(RunError::Signals)?;
+
+    if cfg.sandbox {
+        let keep_caps = sandbox::required_caps(&root);
+        sandbox::confine(&sandbox::SandboxConfig {
+            keep_caps,
+            on_violation: cfg.on_violation,
+        })
+        .map_err(RunError::Sandbox)?;
+        tracing::info!(
+            "confined: capabilities dropped, no_new_privs, seccomp allow-list on every thread"
+        );
+    } else {
+        tracing::warn!(
+            "RUNNING WITHOUT SANDBOX (--no-sandbox): capabilities kept, no seccomp filter; for debugging only"
+        );
+    }
 
     let reply = conn
         .request_name_with_flags(BUS_NAME, RequestNameFlags::DO_NOT_QUEUE)
@@ -157,25 +181,39 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     notify_ready();
     tracing::info!("serving {BUS_NAME}");
 
-    serve_signals(daemon).await
+    signals.serve(daemon).await;
+    Ok(())
 }
 
-async fn serve_signals(daemon: Arc<Daemon>) -> Result<(), RunError> {
-    let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
-    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
-    loop {
-        tokio::select! {
-            _ = hup.recv() => match daemon.reload_policy().await {
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// SIGHUP reloads the policy; SIGTERM and SIGINT stop the daemon.
+    async fn serve(mut self, daemon: Arc<Daemon>) {
+        loop {
+            tokio::select! {
+            _ = self.hup.recv() => match daemon.reload_policy().await {
                 Ok(()) => tracing::info!("SIGHUP: policy reloaded"),
                 Err(e) => tracing::error!("SIGHUP: policy not reloaded, the old one stays: {e}"),
             },
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = self.term.recv() => break,
+            _ = self.int.recv() => break,
+            }
         }
+        tracing::info!("stopping");
     }
-    tracing::info!("stopping");
-    Ok(())
 }
 
 /// Tells systemd (Type=notify) or whoever set NOTIFY_SOCKET that the service is ready.

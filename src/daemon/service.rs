@@ -633,7 +633,7 @@ impl Daemon {
             Ok(Err(FwUploadError::Cancelled)) => Err(AccelError::Cancelled(
                 "cancelled before anything was programmed".into(),
             )),
-            Ok(Err(FwUploadError::Busy)) => {
+            Ok(Err(FwUploadError::Busy(_))) => {
                 Err(AccelError::Busy(format!("loader {} is busy", loader.name)))
             }
             Ok(Err(e)) => Err(AccelError::Failed(format!(

@@ -4,9 +4,15 @@
 //! or from one file. Validation is strict: every error names the file and line. The daemon only
 //! ever swaps a whole, validated `RolePolicy` in; a bad file leaves the old one in force.
 
+mod accounts;
 mod decide;
+mod load;
 mod parse;
+mod raw;
+#[cfg(test)]
+mod tests;
 
+pub use accounts::{Accounts, StaticAccounts, SystemAccounts};
 pub use decide::RoleDecision;
 pub use parse::PolicyError;
 
@@ -157,5 +163,25 @@ impl RolePolicy {
 impl DevicePolicy {
     pub fn slice(&self, id: &str) -> Option<&SlicePolicy> {
         self.slices.iter().find(|s| s.id == id)
+    }
+
+    /// Every slice id of the device: declared slices in file order, then `vf0..vf{max-1}`.
+    /// (Which VFs exist right now is up to the hardware; this is what the policy allows.)
+    pub fn slice_ids(&self) -> Vec<String> {
+        let vf_count = self.vfs.as_ref().map_or(0, |v| v.max);
+        self.slices
+            .iter()
+            .map(|s| s.id.clone())
+            .chain((0..vf_count).map(crate::names::vf_slice_id))
+            .collect()
+    }
+}
+
+impl VfPolicy {
+    /// The VF index that slice `id` stands for, if it is one of `vf0..vf{max-1}` exactly as
+    /// [`crate::names::vf_slice_id`] spells it (so `vf01` is not `vf1`).
+    pub fn index_of(&self, id: &str) -> Option<u32> {
+        let n: u32 = id.strip_prefix("vf")?.parse().ok()?;
+        (n < self.max && crate::names::vf_slice_id(n) == id).then_some(n)
     }
 }

@@ -145,7 +145,7 @@ impl TestBus {
             .arg(format!("--config-file={}", conf.display()))
             .args(["--nofork", "--print-address=1"])
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(fs::File::create(dir.join("bus.log")).unwrap())
             .spawn()
             .expect("cannot start dbus-daemon");
         let mut line = String::new();

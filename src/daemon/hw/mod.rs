@@ -1,133 +1,71 @@
-//! TEMPORARY compile stub; replaced by the hwsim branch.
-#![allow(dead_code, unused_variables)]
+//! Raw hardware access through the kernel's standard interfaces (sysfs PCI, mmap of BAR
+//! resource files, SR-IOV, firmware upload), all below one configurable root so that the
+//! simulator's tree and the real `/` go through the same code.
+
+pub mod fwupload;
+pub mod pci;
+pub mod sriov;
+pub mod window;
+
+pub use fwupload::{FwUpload, FwUploadError};
+pub use pci::{validate_bdf, BarInfo, PciError, PciFunction};
+pub use sriov::{Sriov, SriovError};
+pub use window::{SliceWindow, Width, WindowError, MAX_COUNT};
+
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::time::Duration;
-#[derive(Debug, thiserror::Error)]
-#[error("stub")]
-pub struct PciError;
-#[derive(Debug, thiserror::Error)]
-#[error("stub")]
-pub struct SriovError;
-#[derive(Debug, thiserror::Error)]
-#[error("stub")]
-pub struct WindowError;
-#[derive(Debug, thiserror::Error)]
-pub enum FwUploadError {
-    #[error("busy")]
-    Busy,
-    #[error("cancelled")]
-    Cancelled,
-    #[error("x")]
-    Other,
-}
-pub const MAX_COUNT: u32 = 65536;
+
+/// The hardware root: `/` on a real host, the simulator's directory otherwise.
 #[derive(Clone, Debug)]
 pub struct HwRoot {
     root: PathBuf,
 }
+
 impl HwRoot {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         HwRoot { root: root.into() }
     }
+
     pub fn path(&self) -> &Path {
         &self.root
     }
-}
-#[derive(Debug)]
-pub struct PciFunction {
-    pub bdf: String,
-    pub dir: PathBuf,
-    pub vendor: u16,
-    pub device: u16,
-    pub class: u32,
-    pub driver: Option<String>,
-}
-pub struct BarInfo {
-    pub start: u64,
-    pub size: u64,
-    pub is_memory: bool,
-}
-impl PciFunction {
-    pub fn open(root: &HwRoot, bdf: &str) -> Result<Self, PciError> {
-        Err(PciError)
+
+    /// `<root>/sys/bus/pci/devices/<bdf>`. Callers validate `bdf` first (see
+    /// [`pci::validate_bdf`]); [`PciFunction::open`] does.
+    pub fn pci_device_dir(&self, bdf: &str) -> PathBuf {
+        self.root.join("sys/bus/pci/devices").join(bdf)
     }
-    pub fn bar(&self, n: u8) -> Result<BarInfo, PciError> {
-        Err(PciError)
-    }
-    pub fn resource_path(&self, n: u8) -> PathBuf {
-        PathBuf::new()
+
+    /// `<root>/sys/class/firmware/<name>`. [`FwUpload::open`] validates `name` first.
+    pub fn fw_upload_dir(&self, name: &str) -> PathBuf {
+        self.root.join("sys/class/firmware").join(name)
     }
 }
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Width {
-    U8,
-    U16,
-    U32,
-    U64,
+
+/// Reads a small sysfs attribute as text without its trailing newline.
+pub(crate) fn read_attr(path: &Path) -> std::io::Result<String> {
+    let mut text = std::fs::read_to_string(path)?;
+    while text.ends_with('\n') {
+        text.pop();
+    }
+    Ok(text)
 }
-impl TryFrom<u8> for Width {
-    type Error = WindowError;
-    fn try_from(v: u8) -> Result<Self, WindowError> {
-        Err(WindowError)
-    }
+
+/// Writes a sysfs attribute the way `echo value > attr` does (O_WRONLY|O_TRUNC, no create):
+/// the kernel acts on the single write, and on a regular file (simulation) nothing stale stays.
+pub(crate) fn write_attr(path: &Path, value: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)?;
+    file.write_all(value.as_bytes())
 }
-impl Width {
-    pub fn bytes(self) -> u64 {
-        1
+
+/// Parses `0x1234`-style hex (as in sysfs `vendor`, `device`, `class`, `resource`).
+pub(crate) fn parse_hex(text: &str) -> Option<u64> {
+    let digits = text.trim().strip_prefix("0x")?;
+    if digits.is_empty() {
+        return None;
     }
-    pub fn max_value(self) -> u64 {
-        1
-    }
-}
-pub struct SliceWindow;
-impl SliceWindow {
-    pub fn open(resource: &Path, offset: u64, size: u64) -> Result<Self, WindowError> {
-        Err(WindowError)
-    }
-    pub fn size(&self) -> u64 {
-        0
-    }
-    pub fn read(&self, offset: u64, count: u32, width: Width) -> Result<Vec<u64>, WindowError> {
-        Err(WindowError)
-    }
-    pub fn write(&self, offset: u64, values: &[u64], width: Width) -> Result<(), WindowError> {
-        Err(WindowError)
-    }
-    pub fn zero(&self, start: u64, end: u64) -> Result<(), WindowError> {
-        Err(WindowError)
-    }
-}
-pub struct Sriov;
-impl Sriov {
-    pub fn new(pf: &PciFunction) -> Result<Self, SriovError> {
-        Err(SriovError)
-    }
-    pub fn total_vfs(&self) -> Result<u32, SriovError> {
-        Err(SriovError)
-    }
-    pub fn num_vfs(&self) -> Result<u32, SriovError> {
-        Err(SriovError)
-    }
-    pub fn set_num_vfs(&self, n: u32, timeout: Duration) -> Result<(), SriovError> {
-        Err(SriovError)
-    }
-    pub fn vf(&self, i: u32) -> Result<PciFunction, SriovError> {
-        Err(SriovError)
-    }
-}
-pub struct FwUpload;
-impl FwUpload {
-    pub fn open(root: &HwRoot, name: &str) -> Result<Self, FwUploadError> {
-        Err(FwUploadError::Other)
-    }
-    pub fn upload(
-        &self,
-        image: &[u8],
-        progress: &mut dyn FnMut(f64),
-        cancel: &AtomicBool,
-        timeout: Duration,
-    ) -> Result<(), FwUploadError> {
-        Err(FwUploadError::Other)
-    }
+    u64::from_str_radix(digits, 16).ok()
 }

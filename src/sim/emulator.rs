@@ -1,0 +1,337 @@
+//! The emulator: plays the kernel and the devices behind the simulated tree. One watcher
+//! thread reacts to writes (inotify IN_CLOSE_WRITE); each firmware upload runs in its own
+//! worker thread so that a long transfer never delays other reactions.
+
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
+use sha2::{Digest, Sha256};
+
+use super::files::{poke, read_attr, write_atomic};
+use super::spec::{FwEffect, FwEntrySpec, REG_IMAGE_STATUS, REG_IMAGE_TAG, REG_PERSONALITY_TAG};
+use super::tree::Tree;
+use super::SimError;
+
+/// How long the watcher waits for events before checking whether it should stop.
+const STOP_CHECK: u16 = 20;
+/// Simulated transfer speed and granularity.
+const BYTES_PER_SEC: u64 = 64 << 20;
+const MAX_STEP: u64 = 1 << 20;
+const MIN_STEPS: u64 = 3;
+const MIN_PAUSE: Duration = Duration::from_millis(2);
+
+/// Running emulator; stopped and joined on Drop.
+pub struct Emulator {
+    shared: Arc<Shared>,
+    watcher: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    tree: Tree,
+    stop: AtomicBool,
+    uploads: HashMap<String, Arc<UploadSlot>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Per firmware-upload entry: whether a worker owns it, and a pending cancel request.
+#[derive(Default)]
+struct UploadSlot {
+    busy: AtomicBool,
+    cancel: AtomicBool,
+}
+
+/// What a watch descriptor is watching.
+enum Watched {
+    Pf(usize),
+    Fw(usize),
+}
+
+impl Emulator {
+    /// Starts emulating the tree under `dir` (built by [`super::build`]). Watches are in place
+    /// when this returns, so every later write is seen.
+    pub fn start(dir: &Path) -> Result<Emulator, SimError> {
+        let tree = Tree::load(dir)?;
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .map_err(SimError::Inotify)?;
+        let mut watched = HashMap::new();
+        for (index, pf) in tree.spec.functions.iter().enumerate() {
+            if pf.sriov.is_some() {
+                let wd = add_watch(&inotify, &tree.function_dir(&pf.bdf))?;
+                watched.insert(wd, Watched::Pf(index));
+            }
+        }
+        for (index, entry) in tree.spec.fw_uploads.iter().enumerate() {
+            let wd = add_watch(&inotify, &tree.fw_dir(&entry.name))?;
+            watched.insert(wd, Watched::Fw(index));
+        }
+        let uploads = tree
+            .spec
+            .fw_uploads
+            .iter()
+            .map(|entry| (entry.name.clone(), Arc::default()))
+            .collect();
+        let shared = Arc::new(Shared {
+            tree,
+            stop: AtomicBool::new(false),
+            uploads,
+            workers: Mutex::new(Vec::new()),
+        });
+        let for_thread = Arc::clone(&shared);
+        let watcher = std::thread::Builder::new()
+            .name("sim-emulator".into())
+            .spawn(move || watch_loop(&for_thread, &inotify, &watched))
+            .map_err(SimError::Thread)?;
+        Ok(Emulator {
+            shared,
+            watcher: Some(watcher),
+        })
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(watcher) = self.watcher.take() {
+            let _ = watcher.join();
+        }
+        let workers = match self.shared.workers.lock() {
+            Ok(mut workers) => std::mem::take(&mut *workers),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
+        for worker in workers {
+            let _ = worker.join();
+        }
+    }
+}
+
+fn add_watch(inotify: &Inotify, dir: &Path) -> Result<WatchDescriptor, SimError> {
+    inotify
+        .add_watch(dir, AddWatchFlags::IN_CLOSE_WRITE)
+        .map_err(SimError::Inotify)
+}
+
+fn watch_loop(
+    shared: &Arc<Shared>,
+    inotify: &Inotify,
+    watched: &HashMap<WatchDescriptor, Watched>,
+) {
+    while !shared.stop.load(Ordering::Relaxed) {
+        let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(STOP_CHECK)) {
+            Ok(0) | Err(nix::Error::EINTR) => continue,
+            Ok(_) => {}
+            Err(err) => {
+                tracing::error!("simulator: poll on inotify failed: {err}");
+                return;
+            }
+        }
+        let events = match inotify.read_events() {
+            Ok(events) => events,
+            Err(nix::Error::EAGAIN) => continue,
+            Err(err) => {
+                tracing::error!("simulator: reading inotify events failed: {err}");
+                return;
+            }
+        };
+        for event in events {
+            let (Some(target), Some(name)) = (watched.get(&event.wd), event.name) else {
+                continue;
+            };
+            let result = match (target, name.to_str()) {
+                (Watched::Pf(index), Some("sriov_numvfs")) => shared
+                    .tree
+                    .reconcile_vfs(&shared.tree.spec.functions[*index]),
+                (Watched::Fw(index), Some("loading")) => on_loading(shared, *index),
+                (Watched::Fw(index), Some("cancel")) => on_cancel(shared, *index),
+                _ => Ok(()),
+            };
+            if let Err(err) = result {
+                tracing::warn!("simulator: {err}");
+            }
+        }
+    }
+}
+
+fn on_loading(shared: &Arc<Shared>, index: usize) -> Result<(), SimError> {
+    let entry = &shared.tree.spec.fw_uploads[index];
+    let Some(slot) = shared.uploads.get(&entry.name) else {
+        return Ok(());
+    };
+    let dir = shared.tree.fw_dir(&entry.name);
+    let request = read_attr(&dir.join("loading")).unwrap_or_default();
+    let status = read_attr(&dir.join("status")).unwrap_or_default();
+    if slot.busy.load(Ordering::Acquire) {
+        return Ok(()); // the kernel refuses a new load while one is being processed
+    }
+    match (request.trim(), status.as_str()) {
+        ("1", "idle") => {
+            let data = dir.join("data");
+            std::fs::File::create(&data).map_err(SimError::io(&data))?;
+            write_atomic(&dir.join("error"), "\n")?;
+            write_atomic(&dir.join("status"), "receiving\n")
+        }
+        ("-1", "receiving") => abort_receiving(&dir),
+        ("0", "receiving") => {
+            slot.busy.store(true, Ordering::Release);
+            slot.cancel.store(false, Ordering::Release);
+            let worker_shared = Arc::clone(shared);
+            let worker_slot = Arc::clone(slot);
+            let worker = std::thread::Builder::new()
+                .name(format!("sim-upload-{}", entry.name))
+                .spawn(move || run_upload(&worker_shared, index, &worker_slot));
+            match worker {
+                Ok(handle) => {
+                    if let Ok(mut workers) = shared.workers.lock() {
+                        workers.retain(|w| !w.is_finished());
+                        workers.push(handle);
+                    }
+                    Ok(())
+                }
+                Err(err) => {
+                    slot.busy.store(false, Ordering::Release);
+                    Err(SimError::Thread(err))
+                }
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+fn on_cancel(shared: &Arc<Shared>, index: usize) -> Result<(), SimError> {
+    let entry = &shared.tree.spec.fw_uploads[index];
+    let dir = shared.tree.fw_dir(&entry.name);
+    if read_attr(&dir.join("cancel")).unwrap_or_default().trim() != "1" {
+        return Ok(());
+    }
+    match shared.uploads.get(&entry.name) {
+        Some(slot) if slot.busy.load(Ordering::Acquire) => {
+            slot.cancel.store(true, Ordering::Release);
+            Ok(())
+        }
+        _ if read_attr(&dir.join("status")).as_deref() == Some("receiving") => {
+            abort_receiving(&dir)
+        }
+        _ => Ok(()),
+    }
+}
+
+fn abort_receiving(dir: &Path) -> Result<(), SimError> {
+    write_atomic(&dir.join("error"), "receiving:user-abort\n")?;
+    write_atomic(&dir.join("status"), "idle\n")
+}
+
+/// Worker: preparing -> transferring (paced) -> programming -> effect -> idle.
+fn run_upload(shared: &Shared, index: usize, slot: &UploadSlot) {
+    let entry = &shared.tree.spec.fw_uploads[index];
+    let dir = shared.tree.fw_dir(&entry.name);
+    let outcome = upload_steps(shared, entry, &dir, slot);
+    let error = match outcome {
+        Ok(Outcome::Stopped) => return, // emulator shut down mid-upload: left interrupted
+        Ok(Outcome::Done) => "\n".to_string(),
+        Ok(Outcome::Failed(progress, code)) => format!("{progress}:{code}\n"),
+        Err(err) => {
+            tracing::warn!("simulator: upload to {} failed: {err}", entry.name);
+            "programming:hw-error\n".to_string()
+        }
+    };
+    slot.busy.store(false, Ordering::Release);
+    let finish = write_atomic(&dir.join("error"), &error)
+        .and_then(|()| write_atomic(&dir.join("remaining_size"), "0\n"))
+        .and_then(|()| write_atomic(&dir.join("status"), "idle\n"));
+    if let Err(err) = finish {
+        tracing::warn!("simulator: {err}");
+    }
+}
+
+enum Outcome {
+    Done,
+    Failed(&'static str, &'static str),
+    Stopped,
+}
+
+fn upload_steps(
+    shared: &Shared,
+    entry: &FwEntrySpec,
+    dir: &Path,
+    slot: &UploadSlot,
+) -> Result<Outcome, SimError> {
+    let data_path = dir.join("data");
+    let image = std::fs::read(&data_path).map_err(SimError::io(&data_path))?;
+    let len = image.len() as u64;
+    write_atomic(&dir.join("remaining_size"), &format!("{len}\n"))?;
+    write_atomic(&dir.join("status"), "preparing\n")?;
+    std::thread::sleep(MIN_PAUSE);
+    if slot.cancel.load(Ordering::Acquire) {
+        return Ok(Outcome::Failed("preparing", "user-abort"));
+    }
+    if len == 0 {
+        return Ok(Outcome::Failed("preparing", "invalid-file-size"));
+    }
+    write_atomic(&dir.join("status"), "transferring\n")?;
+    let steps = len.div_ceil(MAX_STEP).max(MIN_STEPS);
+    let step = len.div_ceil(steps);
+    let pause = Duration::from_micros(step * 1_000_000 / BYTES_PER_SEC).max(MIN_PAUSE);
+    let mut remaining = len;
+    while remaining > 0 {
+        std::thread::sleep(pause);
+        if shared.stop.load(Ordering::Relaxed) {
+            return Ok(Outcome::Stopped);
+        }
+        if slot.cancel.load(Ordering::Acquire) {
+            return Ok(Outcome::Failed("transferring", "user-abort"));
+        }
+        remaining -= step.min(remaining);
+        write_atomic(&dir.join("remaining_size"), &format!("{remaining}\n"))?;
+    }
+    // Point of no return: a cancel request from here on is ignored.
+    write_atomic(&dir.join("status"), "programming\n")?;
+    std::thread::sleep(MIN_PAUSE);
+    apply_effect(shared, entry, &image)?;
+    Ok(Outcome::Done)
+}
+
+/// First 8 bytes of sha256(image) as a little-endian u64; None for an all-zero ("blank")
+/// image, which empties the target.
+pub fn image_tag(image: &[u8]) -> Option<u64> {
+    if image.iter().all(|&b| b == 0) {
+        return None;
+    }
+    let digest = Sha256::digest(image);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    Some(u64::from_le_bytes(first))
+}
+
+fn apply_effect(shared: &Shared, entry: &FwEntrySpec, image: &[u8]) -> Result<(), SimError> {
+    let tree = &shared.tree;
+    let pf = tree
+        .pf_by_bdf(&entry.bdf)
+        .ok_or_else(|| SimError::InvalidSpec(entry.bdf.clone()))?;
+    let bar = tree.function_dir(&pf.bdf).join("resource0");
+    let loaded = image_tag(image);
+    let tag = loaded.unwrap_or(0);
+    match entry.effect {
+        FwEffect::Region(n) => {
+            let region = pf
+                .regions
+                .get(n as usize)
+                .ok_or_else(|| SimError::InvalidSpec(entry.name.clone()))?;
+            let status = u64::from(loaded.is_some());
+            poke(&bar, region.offset + REG_IMAGE_TAG, &tag.to_le_bytes())?;
+            poke(
+                &bar,
+                region.offset + REG_IMAGE_STATUS,
+                &status.to_le_bytes(),
+            )
+        }
+        FwEffect::Personality => poke(&bar, REG_PERSONALITY_TAG, &tag.to_le_bytes()),
+        FwEffect::Flash => Ok(()),
+    }
+}

@@ -1,0 +1,155 @@
+//! What a simulated host contains. The spec is also the manifest (`sim.json`) that the
+//! emulator reads, so tree builder and emulator agree on every path and register.
+
+use serde::{Deserialize, Serialize};
+
+/// Device-wide registers at the start of BAR0.
+pub const REG_ID: u64 = 0x0;
+pub const REG_PERSONALITY_TAG: u64 = 0x10;
+/// Region registers, relative to the region window.
+pub const REG_REGION_ID: u64 = 0x0;
+pub const REG_IMAGE_STATUS: u64 = 0x08;
+pub const REG_IMAGE_TAG: u64 = 0x10;
+
+/// A simulated host: physical functions and firmware-upload entries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimSpec {
+    pub functions: Vec<PfSpec>,
+    pub fw_uploads: Vec<FwEntrySpec>,
+}
+
+/// One physical function.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PfSpec {
+    pub name: String,
+    pub bdf: String,
+    pub vendor: u16,
+    pub device: u16,
+    pub class: u32,
+    pub bar0_size: u64,
+    /// Value of the u32 ID register at BAR0 0x0.
+    pub id: u32,
+    pub regions: Vec<RegionSpec>,
+    pub sriov: Option<VfSpec>,
+}
+
+/// A region window inside BAR0 (its REGION_ID is `0xacce_0000 | index`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionSpec {
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// SR-IOV capability of a PF and what its VFs look like.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VfSpec {
+    pub total: u32,
+    pub device: u16,
+    pub class: u32,
+    pub bar0_size: u64,
+    /// VF i has ID register `id_base | i`.
+    pub id_base: u32,
+}
+
+/// One firmware-upload entry and what completing an upload does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FwEntrySpec {
+    pub name: String,
+    /// The PF (by PCI address) the effect applies to.
+    pub bdf: String,
+    pub effect: FwEffect,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FwEffect {
+    /// Sets IMAGE_STATUS/IMAGE_TAG of region `n`.
+    Region(u32),
+    /// Sets PERSONALITY_TAG.
+    Personality,
+    /// Accepted and programmed, no register effect (flash emulation is later work).
+    Flash,
+}
+
+impl SimSpec {
+    /// The standard host of simspec.md: `fpga0` with two regions and `nic0` with 8 VFs.
+    pub fn standard() -> Self {
+        let fpga_bdf = "0000:3b:00.0".to_string();
+        let fpga = PfSpec {
+            name: "fpga0".into(),
+            bdf: fpga_bdf.clone(),
+            vendor: 0xacce,
+            device: 0x0f01,
+            class: 0x12_0000,
+            bar0_size: 1 << 20,
+            id: 0xacce_f001,
+            regions: vec![
+                RegionSpec {
+                    offset: 0x1_0000,
+                    size: 0x1_0000,
+                },
+                RegionSpec {
+                    offset: 0x2_0000,
+                    size: 0x1_0000,
+                },
+            ],
+            sriov: None,
+        };
+        let entry = |name: &str, bdf: &str, effect| FwEntrySpec {
+            name: name.into(),
+            bdf: bdf.into(),
+            effect,
+        };
+        let mut fw_uploads = vec![
+            entry("fpga0-region0", &fpga_bdf, FwEffect::Region(0)),
+            entry("fpga0-region1", &fpga_bdf, FwEffect::Region(1)),
+            entry("fpga0-flash", &fpga_bdf, FwEffect::Flash),
+        ];
+        let nic = nic_pf(0, "0000:5e:00.0".into(), 8);
+        fw_uploads.push(entry("nic0-personality", &nic.bdf, FwEffect::Personality));
+        SimSpec {
+            functions: vec![fpga, nic],
+            fw_uploads,
+        }
+    }
+
+    /// `devices` NIC-like PFs `nic0..` at `0000:BB:00.0` (BB = 0x10 + i), each with `vfs`
+    /// VFs possible and a `nic<i>-personality` upload entry.
+    pub fn scale(devices: u32, vfs: u32) -> Self {
+        let functions: Vec<PfSpec> = (0..devices)
+            .map(|i| nic_pf(i, format!("0000:{:02x}:00.0", 0x10 + i), vfs))
+            .collect();
+        let fw_uploads = functions
+            .iter()
+            .map(|pf| FwEntrySpec {
+                name: format!("{}-personality", pf.name),
+                bdf: pf.bdf.clone(),
+                effect: FwEffect::Personality,
+            })
+            .collect();
+        SimSpec {
+            functions,
+            fw_uploads,
+        }
+    }
+}
+
+fn nic_pf(index: u32, bdf: String, total_vfs: u32) -> PfSpec {
+    PfSpec {
+        name: format!("nic{index}"),
+        bdf,
+        vendor: 0xacce,
+        device: 0x0e01,
+        class: 0x02_0000,
+        bar0_size: 64 << 10,
+        id: 0xacce_e001,
+        regions: Vec::new(),
+        sriov: Some(VfSpec {
+            total: total_vfs,
+            device: 0x0e02,
+            class: 0x02_0000,
+            bar0_size: 16 << 10,
+            id_base: 0xacce_e100,
+        }),
+    }
+}
