@@ -33,7 +33,6 @@ use zbus_polkit::policykit1::{
 
 use super::authz::{Gate, GateFuture, GateRequest};
 use super::caller::futures_lite_next::next;
-use super::service::error_chain;
 
 /// polkit's well-known name on the system bus.
 pub const POLKIT_BUS_NAME: &str = "org.freedesktop.PolicyKit1";
@@ -254,7 +253,7 @@ impl PolkitGate {
         );
         match tokio::time::timeout(timeout, call).await {
             Ok(Ok(result)) => Ok(result),
-            Ok(Err(e)) => Err(format!("polkit check failed: {}", error_chain(&e))),
+            Ok(Err(e)) => Err(format!("polkit check failed: {e}")),
             Err(_) => {
                 if !cancellation_id.is_empty() {
                     self.cancel_in_background(cancellation_id);
