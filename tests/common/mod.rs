@@ -5,6 +5,8 @@
 //! `dbus-daemon`; a test that lacks either fails with a message saying so.
 #![allow(dead_code)]
 
+pub mod polkit;
+
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -176,12 +178,23 @@ pub struct TestDaemon {
     pub policy: PathBuf,
     pub address: String,
     pub log: PathBuf,
+    /// Whether the daemon checks requests with polkit (needs polkitd on the bus).
+    pub polkit: bool,
 }
 
 impl TestDaemon {
     /// Starts the daemon with `policy` (a path) on `bus`, simulated hardware and state under
-    /// `dir`, and waits until it owns its name.
+    /// `dir`, and waits until it owns its name. polkit is off (`--no-polkit`).
     pub fn start(bus: &TestBus, dir: &Path, policy: &Path) -> TestDaemon {
+        TestDaemon::start_opts(bus, dir, policy, false)
+    }
+
+    /// Like `start`, with the polkit gate on (see common::polkit for a private polkitd).
+    pub fn start_with_polkit(bus: &TestBus, dir: &Path, policy: &Path) -> TestDaemon {
+        TestDaemon::start_opts(bus, dir, policy, true)
+    }
+
+    fn start_opts(bus: &TestBus, dir: &Path, policy: &Path, polkit: bool) -> TestDaemon {
         let mut d = TestDaemon {
             child: None,
             sim_dir: dir.join("sim"),
@@ -189,6 +202,7 @@ impl TestDaemon {
             policy: policy.to_owned(),
             address: bus.address.clone(),
             log: dir.join("daemon.log"),
+            polkit,
         };
         d.spawn();
         d
@@ -208,6 +222,7 @@ impl TestDaemon {
             .arg(&self.policy)
             .arg("--state-dir")
             .arg(&self.state_dir)
+            .args((!self.polkit).then_some("--no-polkit"))
             .env("ACCELGATE_LOG", "info")
             .stderr(log)
             .stdout(Stdio::null())
