@@ -305,36 +305,8 @@ fn gate_asks_polkit_with_bus_name_and_details_and_caches_only_definite_answers()
     .unwrap();
 }
 
-/// What the cache saves: the same authorized check from one long-lived client, with and
-/// without the cache (`ACCELGATE_POLKIT_CACHE=0` gives the daemon the uncached gate).
-#[test]
-fn cached_checks_are_much_faster_than_asking_polkit() {
-    let s = PolkitSetup::new("pk-rate", GATE_RULES_V1);
-    let (_conn, tenant1) = s.client("ag-tenant1");
-    let region0 = slice("fpga0", "region0");
-    let rate = |gate: &PolkitGate, n: u32| {
-        let t = Instant::now();
-        for _ in 0..n {
-            check(&s.rt, gate, &tenant1, Operation::SliceRead, &region0, None).unwrap();
-        }
-        f64::from(n) / t.elapsed().as_secs_f64()
-    };
-    let uncached = s.gate(PolkitOptions {
-        cache: false,
-        ..fast_options()
-    });
-    let cached_gate = s.gate(fast_options());
-    let uncached_rate = rate(&uncached, 100);
-    let cached_rate = rate(&cached_gate, 2000);
-    eprintln!(
-        "polkit gate, authorized slice.read: uncached {uncached_rate:.0}/s, cached {cached_rate:.0}/s"
-    );
-    assert!(uncached.cache().is_none());
-    assert!(
-        cached_rate > uncached_rate * 5.0,
-        "cache saves too little: {cached_rate:.0}/s vs {uncached_rate:.0}/s"
-    );
-}
+// What the cache saves (calls per second with and without it) is measured side by side in the
+// benchmark (`cargo bench`), not here: tests check behaviour, benchmarks report ratios.
 
 // ------------------------------------------------------------------ the daemon with polkit
 
