@@ -414,3 +414,140 @@ fn map_needs_an_assigned_vf_and_the_callers_capability() {
     s.ctl("root", &["map-test", "fpga0/region0"])
         .fails_with("InvalidArgument");
 }
+
+/// Takes the next item of a signal stream, or panics after a few seconds.
+fn next_within<S: zbus::export::futures_core::Stream + Unpin>(
+    rt: &tokio::runtime::Runtime,
+    stream: &mut S,
+) -> S::Item {
+    rt.block_on(async {
+        let next = std::future::poll_fn(|cx| std::pin::Pin::new(&mut *stream).poll_next(cx));
+        tokio::time::timeout(Duration::from_secs(5), next)
+            .await
+            .expect("no signal within 5 s")
+            .expect("stream ended")
+    })
+}
+
+#[test]
+fn changes_are_announced_on_the_bus() {
+    let s = Setup::new("signals");
+    let rt = &s.obs.rt;
+    let conn = &s.obs.conn;
+    let om = rt
+        .block_on(
+            zbus::fdo::ObjectManagerProxy::builder(conn)
+                .destination(accelgate::names::BUS_NAME)
+                .path(accelgate::names::ROOT_PATH)
+                .build(),
+        )
+        .unwrap();
+    let mut added = rt.block_on(om.receive_interfaces_added()).unwrap();
+    let mut removed = rt.block_on(om.receive_interfaces_removed()).unwrap();
+    let region0 = rt
+        .block_on(
+            zbus::fdo::PropertiesProxy::builder(conn)
+                .destination(accelgate::names::BUS_NAME)
+                .path(accelgate::names::slice_path("fpga0", "region0"))
+                .build(),
+        )
+        .unwrap();
+    let mut changed = rt.block_on(region0.receive_properties_changed()).unwrap();
+
+    s.ctl("ag-operator", &["assign", "fpga0/region0", "ag-tenant1"])
+        .ok();
+    let signal = next_within(rt, &mut changed);
+    let args = signal.args().unwrap();
+    assert_eq!(args.interface_name().as_str(), "org.accelgate.Accel1.Slice");
+    let tenant: String = args
+        .changed_properties()
+        .get("Tenant")
+        .unwrap()
+        .try_into()
+        .unwrap();
+    assert_eq!(tenant, "user:ag-tenant1");
+
+    // VF slices appear and disappear as objects.
+    s.ctl("ag-operator", &["vfs", "nic0", "2"]).ok();
+    let mut paths: Vec<String> = (0..2)
+        .map(|_| {
+            next_within(rt, &mut added)
+                .args()
+                .unwrap()
+                .object_path()
+                .to_string()
+        })
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            accelgate::names::slice_path("nic0", "vf0"),
+            accelgate::names::slice_path("nic0", "vf1")
+        ]
+    );
+    s.ctl("ag-operator", &["vfs", "nic0", "0"]).ok();
+    let mut gone: Vec<String> = (0..2)
+        .map(|_| {
+            next_within(rt, &mut removed)
+                .args()
+                .unwrap()
+                .object_path()
+                .to_string()
+        })
+        .collect();
+    gone.sort();
+    assert_eq!(gone, paths);
+}
+
+#[test]
+fn configure_loads_a_personality_once_and_respects_assigned_slices() {
+    let s = Setup::new("configure");
+    let bytes = b"nic personality v2".to_vec();
+    let img = write_image(&s.dir, "personality.bin", &bytes);
+    let sha = sha256_hex(&bytes);
+    let img = img.to_str().unwrap();
+    s.ctl("ag-tenant1", &["configure", "nic0", img])
+        .fails_with("NotAuthorized");
+    for _ in 0..2 {
+        s.ctl("ag-operator", &["configure", "nic0", img]).ok();
+        let personality: String = s
+            .obs
+            .rt
+            .block_on(
+                s.obs
+                    .device("nic0")
+                    .inner()
+                    .get_property("PersonalitySha256"),
+            )
+            .unwrap();
+        assert_eq!(personality, sha);
+    }
+    // The simulated card reports the personality it runs: first 8 bytes of its sha256.
+    let tag = sim_bar_bytes(&s.daemon.sim_dir, "0000:5e:00.0", 0x10, 8);
+    assert_eq!(tag, hex_prefix(&sha));
+    // A new personality while a slice is assigned needs force.
+    s.ctl("ag-operator", &["vfs", "nic0", "1"]).ok();
+    s.ctl("ag-operator", &["assign", "nic0/vf0", "ag-tenant1"])
+        .ok();
+    let other = write_image(&s.dir, "personality3.bin", b"nic personality v3");
+    s.ctl(
+        "ag-operator",
+        &["configure", "nic0", other.to_str().unwrap()],
+    )
+    .fails_with("Busy");
+    assert_eq!(
+        sim_bar_bytes(&s.daemon.sim_dir, "0000:5e:00.0", 0x10, 8),
+        hex_prefix(&sha)
+    );
+    s.ctl(
+        "ag-operator",
+        &["configure", "nic0", other.to_str().unwrap(), "--force"],
+    )
+    .ok();
+    let v3 = sha256_hex(b"nic personality v3");
+    assert_eq!(
+        sim_bar_bytes(&s.daemon.sim_dir, "0000:5e:00.0", 0x10, 8),
+        hex_prefix(&v3)
+    );
+}
