@@ -7,7 +7,6 @@
 //! long-lived clients (the decision cache is per connection) and raw calls.
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -23,43 +22,9 @@ pub const POLKIT_NAME: &str = "org.freedesktop.PolicyKit1";
 /// A private bus like `TestBus::start`'s, where the user polkitd (which polkitd switches to
 /// after start) may own polkit's name, as the distribution's bus policy allows on a real host.
 pub fn polkit_bus(dir: &Path) -> TestBus {
-    let dbus_daemon = require_binary("dbus-daemon", "dbus-daemon");
-    let socket = dir.join("bus");
-    let conf = dir.join("bus.conf");
-    let template = fs::read_to_string(repo_path("scripts/private-bus.conf.in")).unwrap();
-    let text = template
-        .replace("@SOCKET@", &socket.display().to_string())
-        .replace(
-            "@PROJECT_POLICY@",
-            &repo_path("dbus/org.accelgate.Accel1.conf")
-                .display()
-                .to_string(),
-        )
-        .replace(
-            "</busconfig>",
-            "  <policy user=\"polkitd\">\n    <allow own=\"org.freedesktop.PolicyKit1\"/>\n  \
-             </policy>\n</busconfig>",
-        );
-    fs::write(&conf, text).unwrap();
-    let mut child = Command::new(dbus_daemon)
-        .arg(format!("--config-file={}", conf.display()))
-        .args(["--nofork", "--print-address=1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("cannot start dbus-daemon");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let address = line.trim().to_owned();
-    assert!(!address.is_empty(), "dbus-daemon printed no address");
-    fs::set_permissions(&socket, fs::Permissions::from_mode(0o777)).unwrap();
-    TestBus {
-        child,
-        address,
-        dir: dir.to_owned(),
-    }
+    // The shared template already lets polkitd (which drops to its own user before it takes
+    // its name) own org.freedesktop.PolicyKit1.
+    TestBus::start(dir)
 }
 
 /// polkitd with the project's actions and the test's rules.
