@@ -294,6 +294,11 @@ fn tenant_denied_admin_flashes_with_progress_to_one() {
             .starts_with("succeeded: firmware 3.0.0"),
         "{st}"
     );
+    // Repeating the flash of the active image changes nothing and succeeds.
+    let settled = s.hw();
+    let again = s.flash("ag-admin", &path3, Some(&sig3)).ok();
+    assert!(again.stdout.contains("already active"), "{}", again.stdout);
+    assert_eq!(s.hw(), settled);
     let text = s.ctl("ag-admin", &["firmware", "status", "fpga0"]).ok();
     assert!(text.stdout.contains("active slot"), "{}", text.stdout);
     assert_eq!(s.hw().slot_a_sha, sha256_hex(&image3));

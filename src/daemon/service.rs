@@ -11,26 +11,26 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
-use zbus::message::{Flags, Header};
+use zbus::message::Header;
 use zbus::{Connection, OwnedObjectPath, OwnedVariant};
 
 use crate::error::AccelError;
 use crate::names::{device_path, slice_path};
-use crate::operation::Operation;
-use crate::policy::{FirmwarePolicy, LoaderSpec, RoleDecision, RolePolicy, SliceKind};
+use crate::policy::{FirmwarePolicy, LoaderSpec, RolePolicy, SliceKind};
 
-use super::audit::{AuditLog, AuditRecord};
-use super::authz::{self, GateRequest, MethodGate, Target};
+use super::audit::AuditLog;
+use super::authz::{self, Target};
 use super::bus;
-use super::caller::{Caller, CallerCache};
+use super::caller::CallerCache;
 use super::devices::{DeviceRt, SliceRt};
 use super::firmware::{
     image_version, open_backend, recover_interrupted, run_flash, verify_image, FirmwareRecords,
     FlashError, FlashRequest,
 };
+pub use super::gatekeeper::Authorized;
 use super::hw::{FwUpload, FwUploadError, HwRoot, Width, WindowError};
 use super::image::{read_image, Image, ImageError};
-use super::jobs::{JobHandle, JobShared, Jobs};
+use super::jobs::{JobHandle, Jobs};
 use super::state::StateStore;
 use super::tenant::Tenant;
 
@@ -59,14 +59,6 @@ pub struct FirmwareInfo {
     pub last_result: String,
 }
 
-/// A request that passed the identity, role and caller-capability gates.
-pub struct Authorized {
-    pub caller: Arc<Caller>,
-    pub operation: Operation,
-    pub target: Target,
-    pub interactive: bool,
-}
-
 /// The daemon.
 pub struct Daemon {
     pub conn: Connection,
@@ -77,7 +69,7 @@ pub struct Daemon {
     state: Mutex<StateStore>,
     pub callers: Arc<CallerCache>,
     pub audit: AuditLog,
-    gates: Vec<Box<dyn authz::Gate>>,
+    pub(super) gates: Vec<Box<dyn authz::Gate>>,
     jobs: Jobs,
     /// Object paths of the devices and slices on the bus now.
     pub exported: tokio::sync::Mutex<std::collections::BTreeSet<String>>,
@@ -173,219 +165,6 @@ impl Daemon {
             tracing::error!("{}", error_chain(&e));
             AccelError::Failed("cannot persist state; nothing was changed".into())
         })
-    }
-
-    // ---------------------------------------------------------------- authorization
-
-    /// Runs every gate for the method being handled, on `target`. Deny wins; every decision is
-    /// audited.
-    pub async fn authorize(
-        &self,
-        hdr: &Header<'_>,
-        target: Target,
-    ) -> Result<Authorized, AccelError> {
-        let auth = self.authorize_role(hdr, target).await?;
-        self.authorize_rest(&auth, None).await?;
-        Ok(auth)
-    }
-
-    /// Identity, role and caller capabilities. Methods that take an image call this first,
-    /// read the image, and then `authorize_rest` with its hash (polkit sees the hash).
-    pub async fn authorize_role(
-        &self,
-        hdr: &Header<'_>,
-        target: Target,
-    ) -> Result<Authorized, AccelError> {
-        let interface = hdr.interface().map(|i| i.as_str()).unwrap_or_default();
-        let member = hdr.member().map(|m| m.as_str()).unwrap_or_default();
-        let operation = match authz::method_gate(interface, member) {
-            Some(MethodGate::Operation(op)) => op,
-            // Identity-only and job methods have their own entry points; anything else is a
-            // method the table does not know, which is denied.
-            _ => {
-                tracing::error!("method {interface}.{member} has no operation in the method table");
-                return Err(AccelError::NotAuthorized(
-                    "method is not in the authorization table".into(),
-                ));
-            }
-        };
-        let caller = self.identify(hdr, operation.as_str(), &target).await?;
-        let interactive = hdr
-            .primary()
-            .flags()
-            .contains(Flags::ALLOW_INTERACTIVE_AUTH);
-        let auth = Authorized {
-            caller,
-            operation,
-            target,
-            interactive,
-        };
-        self.check_role_and_caps(&auth)?;
-        Ok(auth)
-    }
-
-    async fn identify(
-        &self,
-        hdr: &Header<'_>,
-        operation: &str,
-        target: &Target,
-    ) -> Result<Arc<Caller>, AccelError> {
-        match self.callers.resolve(hdr.sender()).await {
-            Ok(c) => Ok(c),
-            Err(e) => {
-                let reason = error_chain(&e);
-                self.audit.record(AuditRecord {
-                    time: 0.0,
-                    uid: None,
-                    pid: None,
-                    sender: hdr.sender().map(|s| s.as_str()).unwrap_or(""),
-                    operation,
-                    target: &target.to_string(),
-                    decision: "deny",
-                    gate: "identity",
-                    reason: &reason,
-                });
-                Err(AccelError::NotAuthorized(
-                    "cannot identify the caller".into(),
-                ))
-            }
-        }
-    }
-
-    fn check_role_and_caps(&self, auth: &Authorized) -> Result<(), AccelError> {
-        let caller = &auth.caller;
-        let assigned = match &auth.target {
-            Target::Slice(d, s) => self
-                .state()
-                .get()
-                .slice(d, s)
-                .tenant
-                .is_some_and(|t| t.includes(caller.uid, &caller.gids)),
-            _ => false,
-        };
-        let decision = self.policy().decide(
-            caller.uid,
-            &caller.gids,
-            auth.operation,
-            auth.target.device(),
-            assigned,
-        );
-        let grants = match decision {
-            RoleDecision::Allow { grants } => grants,
-            RoleDecision::Deny { reason } => return Err(self.deny(auth, "role", &reason)),
-        };
-        // The caller passes if it meets the capability rule of any one role that grants.
-        if grants.iter().any(|(_, caps)| caps.is_empty()) {
-            return Ok(());
-        }
-        match authz::caller_effective_caps(caller) {
-            Ok(eff) if grants.iter().any(|(_, caps)| authz::holds_all(eff, caps)) => Ok(()),
-            Ok(_) => {
-                let needed: Vec<String> = grants
-                    .iter()
-                    .map(|(role, caps)| format!("{role}: {caps:?}"))
-                    .collect();
-                Err(self.deny(
-                    auth,
-                    "caller-caps",
-                    &format!("caller lacks capabilities ({})", needed.join("; ")),
-                ))
-            }
-            Err(e) => Err(self.deny(auth, "caller-caps", &error_chain(&e))),
-        }
-    }
-
-    /// The gates after role and capabilities (polkit), then the audit record of the allow.
-    pub async fn authorize_rest(
-        &self,
-        auth: &Authorized,
-        image_sha256: Option<&str>,
-    ) -> Result<(), AccelError> {
-        let req = GateRequest {
-            caller: &auth.caller,
-            operation: auth.operation,
-            target: &auth.target,
-            image_sha256,
-            interactive: auth.interactive,
-        };
-        for gate in &self.gates {
-            if let Err(reason) = gate.check(&req).await {
-                return Err(self.deny(auth, gate.name(), &reason));
-            }
-        }
-        self.record(auth, "allow", "all", "every gate passed");
-        Ok(())
-    }
-
-    /// A hard device limit refused the request (after the gates allowed it).
-    pub fn deny_by_limit(&self, auth: &Authorized, err: AccelError) -> AccelError {
-        self.record(auth, "deny", "device-limits", &err.message());
-        err
-    }
-
-    fn deny(&self, auth: &Authorized, gate: &'static str, reason: &str) -> AccelError {
-        self.record(auth, "deny", gate, reason);
-        AccelError::NotAuthorized(format!(
-            "{} on {} is not allowed",
-            auth.operation, auth.target
-        ))
-    }
-
-    fn record(&self, auth: &Authorized, decision: &'static str, gate: &'static str, reason: &str) {
-        self.audit.record(AuditRecord {
-            time: 0.0,
-            uid: Some(auth.caller.uid),
-            pid: auth.caller.pid,
-            sender: &auth.caller.sender,
-            operation: auth.operation.as_str(),
-            target: &auth.target.to_string(),
-            decision,
-            gate,
-            reason,
-        });
-    }
-
-    /// Cancel is allowed to whoever may start the job's operation on the job's target.
-    pub async fn authorize_job_cancel(
-        &self,
-        hdr: &Header<'_>,
-        job: &JobShared,
-    ) -> Result<(), AccelError> {
-        let caller = self
-            .identify(hdr, job.operation.as_str(), &job.target)
-            .await?;
-        let interactive = hdr
-            .primary()
-            .flags()
-            .contains(Flags::ALLOW_INTERACTIVE_AUTH);
-        let auth = Authorized {
-            caller,
-            operation: job.operation,
-            target: job.target.clone(),
-            interactive,
-        };
-        self.check_role_and_caps(&auth)?;
-        self.authorize_rest(&auth, None).await
-    }
-
-    /// WhoAmI: needs only an identity.
-    pub async fn who_am_i(
-        &self,
-        hdr: &Header<'_>,
-    ) -> Result<(u32, Vec<String>, Vec<String>), AccelError> {
-        let caller = self.identify(hdr, "whoami", &Target::Manager).await?;
-        let policy = self.policy();
-        let roles = policy
-            .roles_for(caller.uid, &caller.gids)
-            .iter()
-            .map(|r| r.id.clone())
-            .collect();
-        let ops = policy
-            .operations_for(caller.uid, &caller.gids)
-            .iter()
-            .map(|o| o.as_str().to_owned())
-            .collect();
-        Ok((caller.uid, roles, ops))
     }
 
     // ---------------------------------------------------------------- slice operations
@@ -568,26 +347,49 @@ impl Daemon {
             .clone()
             .try_lock_owned()
             .map_err(|_| self.busy(&auth))?;
+        let loaded = self.state().get().slice(&d, &s).image_sha256;
+        let already = (loaded.as_deref() == Some(image.sha256.as_str()))
+            .then(|| format!("image {} is already loaded", image.sha256));
+        let daemon = self.clone();
+        self.spawn_job(&auth, path, busy, already, move |job| async move {
+            daemon.load_slice_image(&d, &s, &loader, image, &job).await
+        })
+        .await
+    }
+
+    /// Puts a job on the bus and runs `work` for it in the background, holding `busy` until it
+    /// ends. With `already` (the request is a repeat of what is in effect), the job ends at once
+    /// with that message: retries by orchestrators stay cheap and uniform.
+    async fn spawn_job<W, Fut>(
+        self: &Arc<Self>,
+        auth: &Authorized,
+        target_path: OwnedObjectPath,
+        busy: tokio::sync::OwnedMutexGuard<()>,
+        already: Option<String>,
+        work: W,
+    ) -> Result<OwnedObjectPath, AccelError>
+    where
+        W: FnOnce(JobHandle) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<String, AccelError>> + Send + 'static,
+    {
         let job = self
             .jobs
             .start(
                 self,
                 auth.operation,
                 auth.target.clone(),
-                path,
+                target_path,
                 auth.caller.uid,
             )
             .await?;
         let job_path = job.path.clone();
-        if self.state().get().slice(&d, &s).image_sha256.as_deref() == Some(image.sha256.as_str()) {
-            job.finish(Ok(format!("image {} is already loaded", image.sha256)))
-                .await;
+        if let Some(message) = already {
+            job.finish(Ok(message)).await;
             return Ok(job_path);
         }
-        let daemon = self.clone();
         tokio::spawn(async move {
             let _busy = busy;
-            let result = daemon.load_slice_image(&d, &s, &loader, image, &job).await;
+            let result = work(job.clone()).await;
             job.finish(result).await;
         });
         Ok(job_path)
@@ -820,54 +622,40 @@ impl Daemon {
             .map_err(|_| self.busy(&auth))?;
         let path = OwnedObjectPath::try_from(device_path(&d))
             .map_err(|e| AccelError::Failed(e.to_string()))?;
-        let job = self
-            .jobs
-            .start(
-                self,
-                auth.operation,
-                auth.target.clone(),
-                path,
-                auth.caller.uid,
-            )
-            .await?;
-        let job_path = job.path.clone();
-        if self.state().get().device(&d).personality_sha256.as_deref()
-            == Some(image.sha256.as_str())
-        {
-            job.finish(Ok(format!(
-                "personality {} is already loaded",
-                image.sha256
-            )))
-            .await;
-            return Ok(job_path);
-        }
+        let loaded = self.state().get().device(&d).personality_sha256;
+        let already = (loaded.as_deref() == Some(image.sha256.as_str()))
+            .then(|| format!("personality {} is already loaded", image.sha256));
         let daemon = self.clone();
-        tokio::spawn(async move {
-            let _busy = busy;
-            let sha = image.sha256.clone();
-            let result = async {
-                daemon.update_state(|st| {
-                    let e = st.device_mut(&d);
-                    e.personality_sha256 = None;
-                    e.personality_in_flux = true;
-                })?;
-                bus::device_changed(&daemon.conn, &d).await;
-                let r = daemon
-                    .upload(&loader, Arc::new(image.bytes), Some(&job))
-                    .await;
-                let ok = r.is_ok();
-                daemon.update_state(|st| {
-                    let e = st.device_mut(&d);
-                    e.personality_in_flux = false;
-                    e.personality_sha256 = ok.then(|| sha.clone());
-                })?;
-                bus::device_changed(&daemon.conn, &d).await;
-                r.map(|()| format!("loaded personality {sha} on {d}"))
-            }
-            .await;
-            job.finish(result).await;
-        });
-        Ok(job_path)
+        self.spawn_job(&auth, path, busy, already, move |job| async move {
+            daemon.load_personality(&d, &loader, image, &job).await
+        })
+        .await
+    }
+
+    /// Like `load_slice_image`, for a whole-device personality.
+    async fn load_personality(
+        &self,
+        d: &str,
+        loader: &LoaderSpec,
+        image: Image,
+        job: &JobHandle,
+    ) -> Result<String, AccelError> {
+        self.update_state(|st| {
+            let e = st.device_mut(d);
+            e.personality_sha256 = None;
+            e.personality_in_flux = true;
+        })?;
+        bus::device_changed(&self.conn, d).await;
+        let sha = image.sha256.clone();
+        let result = self.upload(loader, Arc::new(image.bytes), Some(job)).await;
+        let loaded = result.is_ok();
+        self.update_state(|st| {
+            let e = st.device_mut(d);
+            e.personality_in_flux = false;
+            e.personality_sha256 = loaded.then(|| sha.clone());
+        })?;
+        bus::device_changed(&self.conn, d).await;
+        result.map(|()| format!("loaded personality {sha} on {d}"))
     }
 
     /// Device.Flash: role gate, lock, image within the size limit, signature verification
@@ -912,32 +700,38 @@ impl Daemon {
             .map_err(|_| self.busy(&auth))?;
         let path = OwnedObjectPath::try_from(device_path(&d))
             .map_err(|e| AccelError::Failed(e.to_string()))?;
-        let job = self
-            .jobs
-            .start(
-                self,
-                auth.operation,
-                auth.target.clone(),
-                path,
-                auth.caller.uid,
-            )
-            .await?;
-        let job_path = job.path.clone();
+        // Idempotent: the image already booting is not written again.
+        let already = {
+            let (hw, fw, sha) = (self.hw.clone(), fw.clone(), image.sha256.clone());
+            tokio::task::spawn_blocking(move || {
+                let st = open_backend(&hw, &fw).and_then(|b| b.status()).ok()?;
+                let active = st.slot(st.active);
+                (active.valid && active.sha256 == sha).then(|| {
+                    format!(
+                        "firmware {} ({sha}) is already active in slot {}",
+                        active.version,
+                        st.active.as_str()
+                    )
+                })
+            })
+            .await
+            .ok()
+            .flatten()
+        };
         tracing::info!(
-            "{d}: flashing firmware {} ({}), {verified}, for uid {}",
+            "{d}: flash of firmware {} ({}), {verified}, for uid {}",
             image_version(&image.bytes),
             image.sha256,
             auth.caller.uid
         );
         let daemon = self.clone();
         let uid = auth.caller.uid;
-        tokio::spawn(async move {
-            let _busy = busy;
+        self.spawn_job(&auth, path, busy, already, move |job| async move {
             let result = daemon.run_flash_job(&d, &fw, image, uid, &job).await;
             bus::device_changed(&daemon.conn, &d).await;
-            job.finish(result).await;
-        });
-        Ok(job_path)
+            result
+        })
+        .await
     }
 
     /// The flash itself on a blocking thread, with progress and cancel bridged to the job.
