@@ -763,10 +763,15 @@ impl Daemon {
             };
             run_flash(backend.as_ref(), &records, &request, &mut report, &cancel)
         });
-        // The in-progress record is written before the first progress report.
-        bus::device_changed(&self.conn, d).await;
+        let mut announced = false;
         while rx.changed().await.is_ok() {
             let p = *rx.borrow_and_update();
+            if !announced {
+                // The in-progress record is written before the first progress report, so
+                // FirmwareState now reads "flashing".
+                bus::device_changed(&self.conn, d).await;
+                announced = true;
+            }
             job.set_progress(p).await;
         }
         match work.await {
