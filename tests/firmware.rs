@@ -375,7 +375,9 @@ fn second_flash_is_busy_reads_continue_and_cancel_keeps_old_firmware() {
     let mut reads = 0;
     let mut slowest = Duration::ZERO;
     let mut busy_seen = false;
+    let mut flashing_seen = false;
     while s.job_prop::<String>(&job, "State") == "running" {
+        flashing_seen |= s.device_prop("FirmwareState") == "flashing";
         if !busy_seen {
             s.flash("root", &path, Some(&sig)).fails_with("Busy");
             busy_seen = true;
@@ -389,6 +391,8 @@ fn second_flash_is_busy_reads_continue_and_cancel_keeps_old_firmware() {
         reads += 1;
     }
     assert!(busy_seen);
+    assert!(flashing_seen, "FirmwareState never said flashing");
+    assert_eq!(s.device_prop("FirmwareState"), "idle");
     assert!(reads >= 10, "only {reads} reads during the flash");
     assert!(
         slowest < Duration::from_millis(250),
