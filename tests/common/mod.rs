@@ -176,12 +176,24 @@ pub struct TestDaemon {
     pub policy: PathBuf,
     pub address: String,
     pub log: PathBuf,
+    /// Further `accelgated` arguments (e.g. `--no-sandbox`).
+    pub extra_args: Vec<String>,
 }
 
 impl TestDaemon {
     /// Starts the daemon with `policy` (a path) on `bus`, simulated hardware and state under
     /// `dir`, and waits until it owns its name.
     pub fn start(bus: &TestBus, dir: &Path, policy: &Path) -> TestDaemon {
+        TestDaemon::start_with_args(bus, dir, policy, &[])
+    }
+
+    /// Like `start`, with further `accelgated` arguments.
+    pub fn start_with_args(
+        bus: &TestBus,
+        dir: &Path,
+        policy: &Path,
+        extra_args: &[&str],
+    ) -> TestDaemon {
         let mut d = TestDaemon {
             child: None,
             sim_dir: dir.join("sim"),
@@ -189,6 +201,7 @@ impl TestDaemon {
             policy: policy.to_owned(),
             address: bus.address.clone(),
             log: dir.join("daemon.log"),
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         d.spawn();
         d
@@ -208,6 +221,7 @@ impl TestDaemon {
             .arg(&self.policy)
             .arg("--state-dir")
             .arg(&self.state_dir)
+            .args(&self.extra_args)
             .env("ACCELGATE_LOG", "info")
             .stderr(log)
             .stdout(Stdio::null())
