@@ -56,6 +56,8 @@ pub struct Config {
     pub root: PathBuf,
     /// Build a simulated host here and use it as the root.
     pub simulate: Option<PathBuf>,
+    /// What the simulated host contains (only with `simulate`).
+    pub sim_spec: sim::SimSpec,
     pub bus: BusChoice,
     /// A policy file, or a directory with policy.toml and policy.d/.
     pub policy: PathBuf,
@@ -102,7 +104,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     // The emulator plays the kernel; it must outlive the service.
     let (root, _emulator) = match &cfg.simulate {
         Some(dir) => {
-            sim::build(dir, &sim::SimSpec::standard()).map_err(RunError::Simulator)?;
+            sim::build(dir, &cfg.sim_spec).map_err(RunError::Simulator)?;
             let emulator = sim::Emulator::start(dir).map_err(RunError::Simulator)?;
             tracing::info!("simulated hardware under {}", dir.display());
             (dir.clone(), Some(emulator))
