@@ -26,6 +26,10 @@ const BYTES_PER_SEC: u64 = 64 << 20;
 const MAX_STEP: u64 = 1 << 20;
 const MIN_STEPS: u64 = 3;
 const MIN_PAUSE: Duration = Duration::from_millis(2);
+/// Set (to anything but `0`) in the environment of the process that starts the emulator to
+/// transfer uploads as fast as the files allow instead of at the simulated speed, so that a
+/// benchmark sees what the daemon costs rather than the simulated hardware's pace.
+pub const UNPACED_ENV: &str = "ACCELGATE_SIM_UNPACED";
 
 /// Running emulator; stopped and joined on Drop.
 pub struct Emulator {
@@ -38,6 +42,8 @@ struct Shared {
     stop: AtomicBool,
     uploads: HashMap<String, Arc<UploadSlot>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    /// Uploads take the time the simulated transfer speed says (see [`UNPACED_ENV`]).
+    paced: bool,
 }
 
 /// Per firmware-upload entry: whether a worker owns it, and a pending cancel request.
@@ -82,6 +88,7 @@ impl Emulator {
             stop: AtomicBool::new(false),
             uploads,
             workers: Mutex::new(Vec::new()),
+            paced: std::env::var_os(UNPACED_ENV).is_none_or(|v| v == "0"),
         });
         let for_thread = Arc::clone(&shared);
         let watcher = std::thread::Builder::new()
@@ -277,10 +284,16 @@ fn upload_steps(
     write_atomic(&dir.join("status"), "transferring\n")?;
     let steps = len.div_ceil(MAX_STEP).max(MIN_STEPS);
     let step = len.div_ceil(steps);
-    let pause = Duration::from_micros(step * 1_000_000 / BYTES_PER_SEC).max(MIN_PAUSE);
+    let pause = if shared.paced {
+        Duration::from_micros(step * 1_000_000 / BYTES_PER_SEC).max(MIN_PAUSE)
+    } else {
+        Duration::ZERO
+    };
     let mut remaining = len;
     while remaining > 0 {
-        std::thread::sleep(pause);
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
         if shared.stop.load(Ordering::Relaxed) {
             return Ok(Outcome::Stopped);
         }
