@@ -7,7 +7,9 @@
 //! section keeps the current one) and writes target/accelgate-bench.json.
 //!
 //! Needs root (daemon, polkitd in a private mount namespace), dbus-daemon and polkitd.
-//! `ACCELGATE_BENCH_QUICK=1` runs every item with few samples, to check the harness.
+//! `ACCELGATE_BENCH_QUICK=1` runs every item with few samples, to check the harness;
+//! `ACCELGATE_BENCH_ONLY=5` (or `1,3`) runs only those items; `ACCELGATE_BENCH_WRAP=CMD` runs
+//! the daemon under CMD (e.g. `valgrind --tool=callgrind`) to profile it.
 
 #[path = "accelgate/calls.rs"]
 mod calls;
@@ -34,13 +36,14 @@ use std::time::Instant;
 use serde_json::{Map, Value};
 
 use procs::{Bus, Daemon, DaemonSpec, Polkit};
-use report::{Report, Verdict};
+use report::Report;
 
 /// Errors of the harness: a message saying what failed.
 pub type Fallible<T> = Result<T, String>;
 
-/// How much of everything one run takes.
+/// How much of everything one run takes, and which items run.
 struct Sizes {
+    only: Option<Vec<u8>>,
     read_pairs: usize,
     polkit_checks: usize,
     batch_calls: usize,
@@ -54,6 +57,7 @@ struct Sizes {
 impl Sizes {
     fn full() -> Sizes {
         Sizes {
+            only: None,
             read_pairs: 5000,
             polkit_checks: 1000,
             batch_calls: 300,
@@ -65,8 +69,13 @@ impl Sizes {
         }
     }
 
+    fn runs(&self, item: u8) -> bool {
+        self.only.as_ref().is_none_or(|items| items.contains(&item))
+    }
+
     fn quick() -> Sizes {
         Sizes {
+            only: None,
             read_pairs: 200,
             polkit_checks: 50,
             batch_calls: 20,
@@ -85,7 +94,12 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let quick = std::env::var_os("ACCELGATE_BENCH_QUICK").is_some_and(|v| v != "0");
-    let sizes = if quick { Sizes::quick() } else { Sizes::full() };
+    let mut sizes = if quick { Sizes::quick() } else { Sizes::full() };
+    sizes.only = std::env::var("ACCELGATE_BENCH_ONLY").ok().map(|v| {
+        v.split(',')
+            .filter_map(|item| item.trim().parse().ok())
+            .collect()
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -173,147 +187,93 @@ async fn run(dirs: &WorkDirs, sizes: &Sizes) -> Fallible<Report> {
     // With the polkit gate in the daemon, items 1, 3, 4 and 6 measure it without polkit (item
     // 2 measures what polkit adds); without it, there is nothing to switch off.
     let has_gate = procs::daemon_has_polkit_gate();
+    report.figure("polkit_gate_in_daemon", has_gate);
     let no_polkit: &[&str] = if has_gate { &["--no-polkit"] } else { &[] };
     let policy = dirs.tmp.join("simulated.toml");
     std::fs::copy(procs::repo_path("policy/simulated.toml"), &policy)
         .map_err(|e| format!("policy/simulated.toml: {e}"))?;
-    // Each daemon gets its own simulated tree (on tmpfs) and state.
-    let fresh = |name: &str| {
-        (
+    let standard = |name: &str, unpaced: bool, extra_args: &'static [&'static str]| {
+        let (sim_dir, state_dir) = (
             dirs.shm.join(format!("{name}-sim")),
             dirs.tmp.join(format!("{name}-state")),
-        )
+        );
+        let (conn, address, policy) = (&conn, &bus.address, &policy);
+        async move {
+            let spec = DaemonSpec {
+                sim_spec: "standard",
+                policy,
+                sim_dir: &sim_dir,
+                state_dir: &state_dir,
+                unpaced,
+                extra_args,
+            };
+            Daemon::start(conn, address, &spec)
+                .await
+                .map(|d| (d, sim_dir))
+        }
     };
 
-    // Daemon A: the standard host, paced like hardware.
-    let (sim_a, state_a) = fresh("a");
-    let a = Daemon::start(
-        &conn,
-        &bus.address,
-        &DaemonSpec {
-            sim_spec: "standard",
-            policy: &policy,
-            sim_dir: &sim_a,
-            state_dir: &state_a,
-            unpaced: false,
-            extra_args: no_polkit,
-        },
-    )
-    .await?;
-    eprintln!("[1] Read vs Ping");
-    let read_p50 = latency::read_vs_ping(&conn, sizes.read_pairs, &mut report).await?;
-    if !has_gate {
-        eprintln!("[2] raw CheckAuthorization (daemon has no polkit gate yet)");
-        latency::polkit(&conn, None, sizes.polkit_checks, &mut report).await?;
+    // Daemon A: the standard host, uploads paced like hardware.
+    if [1, 2, 3, 4, 6].iter().any(|&i| sizes.runs(i)) {
+        let (a, sim_a) = standard("a", false, no_polkit).await?;
+        let mut read_p50 = f64::NAN;
+        if sizes.runs(1) {
+            eprintln!("[1] Read vs Ping");
+            read_p50 = latency::read_vs_ping(&conn, sizes.read_pairs, &mut report).await?;
+        }
+        if sizes.runs(2) && !has_gate {
+            eprintln!("[2] raw CheckAuthorization (the daemon has no polkit gate yet)");
+            latency::polkit(&conn, None, sizes.polkit_checks, &mut report).await?;
+        }
+        if sizes.runs(3) {
+            eprintln!("[3] batched Read, Map");
+            latency::batched_read(&conn, sizes.batch_calls, read_p50, &mut report).await?;
+            latency::map_path(&conn, &sim_a, sizes.map_rounds, &mut report).await?;
+        }
+        if sizes.runs(4) {
+            eprintln!("[4] Program, paced simulator");
+            let len = sizes.program_len;
+            let rate = throughput::program_rate(&conn, &dirs.tmp, len, 1, 100).await?;
+            throughput::report_paced(len, rate, &mut report);
+        }
+        if sizes.runs(6) {
+            eprintln!("[6] concurrency");
+            concurrency::run(
+                &bus.address,
+                &conn,
+                &dirs.tmp,
+                sizes.clients,
+                sizes.reads_per_client,
+                &mut report,
+            )
+            .await?;
+        }
+        a.stop(&conn).await?;
     }
-    eprintln!("[3] batched Read, Map");
-    latency::batched_read(&conn, sizes.batch_calls, read_p50, &mut report).await?;
-    latency::map_path(&conn, &sim_a, sizes.map_rounds, &mut report).await?;
-    eprintln!("[4] Program, paced simulator");
-    let paced_rate = throughput::program_rate(&conn, &dirs.tmp, sizes.program_len, 1, 100).await?;
-    eprintln!("[6] concurrency");
-    concurrency::run(
-        &bus.address,
-        &conn,
-        &dirs.tmp,
-        sizes.clients,
-        sizes.reads_per_client,
-        &mut report,
-    )
-    .await?;
-    a.stop(&conn).await?;
 
-    if has_gate {
+    if sizes.runs(2) && has_gate {
         eprintln!("[2] Read with the polkit gate vs CheckAuthorization");
-        let (sim_p, state_p) = fresh("p");
-        let p = Daemon::start(
-            &conn,
-            &bus.address,
-            &DaemonSpec {
-                sim_spec: "standard",
-                policy: &policy,
-                sim_dir: &sim_p,
-                state_dir: &state_p,
-                unpaced: false,
-                extra_args: &[],
-            },
-        )
-        .await?;
+        let (p, _) = standard("p", false, &[]).await?;
         latency::polkit(&conn, Some(&conn), sizes.polkit_checks, &mut report).await?;
         p.stop(&conn).await?;
     }
 
-    // Daemon B: the standard host with uploads at file speed.
-    eprintln!("[4] Program, unpaced simulator, and dd + sha256sum");
-    let (sim_b, state_b) = fresh("b");
-    let b = Daemon::start(
-        &conn,
-        &bus.address,
-        &DaemonSpec {
-            sim_spec: "standard",
-            policy: &policy,
-            sim_dir: &sim_b,
-            state_dir: &state_b,
-            unpaced: true,
-            extra_args: no_polkit,
-        },
-    )
-    .await?;
-    let len = sizes.program_len;
-    let unpaced_rate =
-        throughput::program_rate(&conn, &dirs.tmp, len, sizes.program_runs, 200).await?;
-    b.stop(&conn).await?;
-    let floor_rate = throughput::dd_sha_rate(&dirs.tmp, &sim_b, len, sizes.program_runs)?;
-    let device_hash = throughput::device_hash_time(len).as_secs_f64();
-    let program_secs = len as f64 / 1e6 / unpaced_rate;
-    let daemon_only_rate = len as f64 / 1e6 / (program_secs - device_hash);
-    let mib = len >> 20;
-    report.row(
-        4,
-        format!("Program {mib} MiB (file → sealed memfd → daemon → sim), unpaced simulator"),
-        format!("{unpaced_rate:.0} MB/s"),
-        format!("dd + sha256sum: {floor_rate:.0} MB/s"),
-        Some(unpaced_rate / floor_rate),
-        "≥ 0.8",
-        Verdict::of(unpaced_rate / floor_rate >= 0.8),
-    );
-    report.row(
-        4,
-        "  same, less the simulated device's own sha256 of the image",
-        format!("{daemon_only_rate:.0} MB/s"),
-        format!("{floor_rate:.0} MB/s"),
-        Some(daemon_only_rate / floor_rate),
-        "",
-        Verdict::Info,
-    );
-    let paced_floor = throughput::SIM_BYTES_PER_SEC / 1e6;
-    report.row(
-        4,
-        format!("Program {mib} MiB, simulator paced like hardware"),
-        format!("{paced_rate:.0} MB/s"),
-        format!("simulated link: {paced_floor:.0} MB/s"),
-        Some(paced_rate / paced_floor),
-        "",
-        Verdict::Info,
-    );
-    report.row(
-        4,
-        "Flash throughput",
-        "pending (Flash not in this build)",
-        "",
-        None,
-        "≥ 0.8",
-        Verdict::Pending,
-    );
-    report.figure("program_bytes", len as u64);
-    report.figure("program_unpaced_mb_s", unpaced_rate);
-    report.figure("program_paced_mb_s", paced_rate);
-    report.figure("dd_sha256sum_mb_s", floor_rate);
-    report.figure("device_hash_s", device_hash);
+    if sizes.runs(4) {
+        // Daemon B: the standard host with uploads at file speed.
+        eprintln!("[4] Program, unpaced simulator, and dd + sha256sum");
+        let (b, sim_b) = standard("b", true, no_polkit).await?;
+        let (len, runs) = (sizes.program_len, sizes.program_runs);
+        let rate = throughput::program_rate(&conn, &dirs.tmp, len, runs, 200).await?;
+        b.stop(&conn).await?;
+        let floor = throughput::dd_sha_rate(&dirs.tmp, &sim_b, len, runs)?;
+        throughput::report_unpaced(len, rate, floor, &mut report);
+    }
 
-    eprintln!("[5] scale");
-    scale::run(&conn, &bus, &dirs.shm, &dirs.tmp, no_polkit, &mut report).await?;
-    report.figure("polkit_gate_in_daemon", has_gate);
+    if sizes.runs(5) {
+        eprintln!("[5] scale");
+        scale::run(&conn, &bus, &dirs.shm, &dirs.tmp, no_polkit, &mut report).await?;
+    }
+    report.rows.sort_by_key(|r| r.item);
     Ok(report)
 }
 

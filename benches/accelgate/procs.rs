@@ -258,7 +258,20 @@ impl Daemon {
         let log = spec.state_dir.with_extension("log");
         fs::create_dir_all(spec.state_dir).map_err(|e| e.to_string())?;
         let log_file = fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_accelgated"));
+        // For profiling: ACCELGATE_BENCH_WRAP="valgrind --tool=callgrind" runs the daemon under
+        // that command, unconfined (the seccomp allow-list is the daemon's, not valgrind's).
+        let wrap = std::env::var("ACCELGATE_BENCH_WRAP").unwrap_or_default();
+        let mut wrap = wrap.split_whitespace();
+        let mut cmd = match wrap.next() {
+            Some(program) => {
+                let mut c = Command::new(program);
+                c.args(wrap)
+                    .arg(env!("CARGO_BIN_EXE_accelgated"))
+                    .arg("--no-sandbox");
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_accelgated")),
+        };
         cmd.arg("--simulate")
             .arg(spec.sim_dir)
             .args(["--simulate-spec", spec.sim_spec, "--bus", address])
