@@ -84,6 +84,7 @@ pub async fn run(
     // The measured start: the tree and state exist, 4096 VFs are enabled.
     let daemon = Daemon::start(conn, &bus.address, &spec).await?;
     let ready = daemon.ready_after;
+    let (rss_ready, _) = daemon.memory()?;
     let mut gmo = Vec::new();
     let mut first_gmo = Duration::ZERO;
     for i in 0..5 {
@@ -124,12 +125,17 @@ pub async fn run(
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     report.row(
         5,
-        "scale: daemon RSS after GetManagedObjects (peak)",
-        format!("{:.1} MiB ({:.1} MiB)", mib(rss), mib(hwm)),
+        "scale: daemon RSS when ready; after 5 GetManagedObjects (peak)",
+        format!(
+            "{:.1} MiB; {:.1} MiB ({:.1} MiB)",
+            mib(rss_ready),
+            mib(rss),
+            mib(hwm)
+        ),
         "",
         None,
         "< 30 MB",
-        Verdict::of((rss as f64) < 30e6 && (hwm as f64) < 30e6),
+        Verdict::of((hwm as f64) < 30e6),
     );
     report.row(
         5,
@@ -150,6 +156,7 @@ pub async fn run(
     report.figure("scale_enable_vfs_ms", ms(enable_took));
     report.figure("scale_gmo_median_ms", gmo_ms);
     report.figure("scale_gmo_first_ms", ms(first_gmo));
+    report.figure("scale_rss_ready_bytes", rss_ready);
     report.figure("scale_rss_bytes", rss);
     report.figure("scale_rss_peak_bytes", hwm);
     Ok(())
