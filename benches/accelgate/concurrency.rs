@@ -11,7 +11,7 @@ use zbus::Connection;
 
 use super::calls;
 use super::latency::REGION0_ID;
-use super::report::{us, Report, Verdict};
+use super::report::{us, Judgement, Report, Verdict};
 use super::stats::Samples;
 use super::throughput::{image_bytes, program_once};
 use super::Fallible;
@@ -138,18 +138,22 @@ pub async fn run(
         format!("{clients} clients × {reads} Reads (×2 phases): errors"),
         format!("{errors} of {total}"),
         "",
-        None,
-        "0",
-        Verdict::of(errors == 0),
+        Judgement {
+            ratio: None,
+            target: "0",
+            verdict: Verdict::of(errors == 0),
+        },
     );
     report.row(
         6,
         format!("{clients} clients: Read p50 / p99"),
         format!("{} / {}", us(q50), us(q99)),
         "",
-        None,
-        "",
-        Verdict::Info,
+        Judgement {
+            ratio: None,
+            target: "",
+            verdict: Verdict::Info,
+        },
     );
     report.row(
         6,
@@ -159,9 +163,11 @@ pub async fn run(
         ),
         format!("{} (p50 {})", us(l99), us(l50)),
         us(q99),
-        Some(l99 / q99),
-        "≤ 2",
-        Verdict::of(l99 / q99 <= 2.0),
+        Judgement {
+            ratio: Some(l99 / q99),
+            target: "≤ 2",
+            verdict: Verdict::of(l99 / q99 <= 2.0),
+        },
     );
     if let Some(e) = quiet.first_error.or(loaded.first_error) {
         report.note(format!("first concurrency error: {e}"));

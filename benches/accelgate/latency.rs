@@ -12,7 +12,7 @@ use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 use zbus::Connection;
 
 use super::calls;
-use super::report::{us, Report, Verdict};
+use super::report::{us, Judgement, Report, Verdict};
 use super::stats::Samples;
 use super::Fallible;
 
@@ -50,18 +50,22 @@ pub async fn read_vs_ping(conn: &Connection, n: usize, report: &mut Report) -> F
         "1-register Read vs Peer.Ping, p50",
         us(r50),
         us(p50),
-        Some(r50 / p50),
-        "≤ 1.5",
-        Verdict::of(r50 / p50 <= 1.5),
+        Judgement {
+            ratio: Some(r50 / p50),
+            target: "≤ 1.5",
+            verdict: Verdict::of(r50 / p50 <= 1.5),
+        },
     );
     report.row(
         1,
         "1-register Read vs Peer.Ping, p99",
         us(r99),
         us(p99),
-        Some(r99 / p99),
-        "≤ 1.5",
-        Verdict::of(r99 / p99 <= 1.5),
+        Judgement {
+            ratio: Some(r99 / p99),
+            target: "≤ 1.5",
+            verdict: Verdict::of(r99 / p99 <= 1.5),
+        },
     );
     for (k, v) in [
         ("read_p50_us", r50),
@@ -117,9 +121,11 @@ pub async fn polkit(
                 format!("Read with polkit gate (cached) vs CheckAuthorization, {label}"),
                 us(r),
                 us(c),
-                Some(r / c),
-                "< 1",
-                Verdict::of(r < c),
+                Judgement {
+                    ratio: Some(r / c),
+                    target: "< 1",
+                    verdict: Verdict::of(r < c),
+                },
             );
         }
     } else {
@@ -128,18 +134,22 @@ pub async fn polkit(
             "Read with polkit gate (cached) vs CheckAuthorization, p50",
             "pending (gate not in this build)",
             us(c50),
-            None,
-            "< 1",
-            Verdict::Pending,
+            Judgement {
+                ratio: None,
+                target: "< 1",
+                verdict: Verdict::Pending,
+            },
         );
         report.row(
             2,
             "raw polkit CheckAuthorization (slice.read), p99",
             "",
             us(c99),
-            None,
-            "",
-            Verdict::Info,
+            Judgement {
+                ratio: None,
+                target: "",
+                verdict: Verdict::Info,
+            },
         );
     }
     if authorized != n {
@@ -181,9 +191,11 @@ pub async fn batched_read(
         "batched Read, 4096 × 8-byte registers per call (p50)",
         format!("{:.1} M regs/s ({})", rate / 1e6, us(p50)),
         format!("1-register Reads: {:.0} k regs/s", single_rate / 1e3),
-        Some(rate / single_rate),
-        "",
-        Verdict::Info,
+        Judgement {
+            ratio: Some(rate / single_rate),
+            target: "",
+            verdict: Verdict::Info,
+        },
     );
     report.figure("batched_read_p50_us", p50);
     report.figure("batched_read_regs_per_s", rate);
@@ -292,9 +304,11 @@ pub async fn map_path(
         "Map: 4-byte register reads through the handed-out fd vs direct mmap (p50)",
         format!("{:.0} M reads/s", r_handed / 1e6),
         format!("{:.0} M reads/s", r_direct / 1e6),
-        Some(r_handed / r_direct),
-        "≥ 0.9",
-        Verdict::of(r_handed / r_direct >= 0.9),
+        Judgement {
+            ratio: Some(r_handed / r_direct),
+            target: "≥ 0.9",
+            verdict: Verdict::of(r_handed / r_direct >= 0.9),
+        },
     );
     report.figure("map_reads_per_s", r_handed);
     report.figure("direct_mmap_reads_per_s", r_direct);

@@ -53,6 +53,13 @@ pub struct Row {
     pub verdict: Verdict,
 }
 
+/// How a figure compares: its ratio to the floor, the target, and whether it is met.
+pub struct Judgement<'a> {
+    pub ratio: Option<f64>,
+    pub target: &'a str,
+    pub verdict: Verdict,
+}
+
 #[derive(Default)]
 pub struct Report {
     pub rows: Vec<Row>,
@@ -68,18 +75,16 @@ impl Report {
         what: impl Into<String>,
         value: impl Into<String>,
         floor: impl Into<String>,
-        ratio: Option<f64>,
-        target: impl Into<String>,
-        verdict: Verdict,
+        judgement: Judgement,
     ) {
         self.rows.push(Row {
             item,
             what: what.into(),
             value: value.into(),
             floor: floor.into(),
-            ratio,
-            target: target.into(),
-            verdict,
+            ratio: judgement.ratio,
+            target: judgement.target.to_owned(),
+            verdict: judgement.verdict,
         });
     }
 

@@ -10,7 +10,7 @@ use zbus::Connection;
 
 use super::calls;
 use super::procs::{repo_path, Bus, Daemon, DaemonSpec};
-use super::report::{us, Report, Verdict};
+use super::report::{us, Judgement, Report, Verdict};
 use super::stats::median;
 use super::Fallible;
 
@@ -109,18 +109,22 @@ pub async fn run(
         format!("scale {DEVICES}×{VFS}: restart to ready on the bus ({objects_first} objects)"),
         format!("{:.0} ms", ms(ready)),
         "",
-        None,
-        "< 1 s",
-        Verdict::of(ready < Duration::from_secs(1)),
+        Judgement {
+            ratio: None,
+            target: "< 1 s",
+            verdict: Verdict::of(ready < Duration::from_secs(1)),
+        },
     );
     report.row(
         5,
         "scale: GetManagedObjects (median of 5; first)",
         format!("{gmo_ms:.1} ms; {:.1} ms", ms(first_gmo)),
         "",
-        None,
-        "< 100 ms",
-        Verdict::of(gmo_ms < 100.0 && ms(first_gmo) < 100.0),
+        Judgement {
+            ratio: None,
+            target: "< 100 ms",
+            verdict: Verdict::of(gmo_ms < 100.0 && ms(first_gmo) < 100.0),
+        },
     );
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     report.row(
@@ -133,9 +137,11 @@ pub async fn run(
             mib(hwm)
         ),
         "",
-        None,
-        "< 30 MB",
-        Verdict::of((hwm as f64) < 30e6),
+        Judgement {
+            ratio: None,
+            target: "< 30 MB",
+            verdict: Verdict::of((hwm as f64) < 30e6),
+        },
     );
     report.row(
         5,
@@ -146,9 +152,11 @@ pub async fn run(
             us(enable_took.as_secs_f64() * 1e6)
         ),
         "",
-        None,
-        "",
-        Verdict::Info,
+        Judgement {
+            ratio: None,
+            target: "",
+            verdict: Verdict::Info,
+        },
     );
     report.figure("scale_objects", objects_first as u64);
     report.figure("scale_ready_ms", ms(ready));

@@ -14,7 +14,7 @@ use accelgate::names::slice_path;
 use zbus::Connection;
 
 use super::calls;
-use super::report::{Report, Verdict};
+use super::report::{Judgement, Report, Verdict};
 use super::stats::median;
 use super::Fallible;
 
@@ -142,27 +142,33 @@ pub fn report_unpaced(len: usize, rate: f64, floor: f64, report: &mut Report) {
         format!("Program {mib} MiB (file → sealed memfd → daemon → sim), unpaced simulator"),
         format!("{rate:.0} MB/s"),
         format!("dd + sha256sum: {floor:.0} MB/s"),
-        Some(rate / floor),
-        "≥ 0.8",
-        Verdict::of(rate / floor >= 0.8),
+        Judgement {
+            ratio: Some(rate / floor),
+            target: "≥ 0.8",
+            verdict: Verdict::of(rate / floor >= 0.8),
+        },
     );
     report.row(
         4,
         "  same, less the simulated device's own sha256 of the image",
         format!("{daemon_only:.0} MB/s"),
         format!("{floor:.0} MB/s"),
-        Some(daemon_only / floor),
-        "",
-        Verdict::Info,
+        Judgement {
+            ratio: Some(daemon_only / floor),
+            target: "",
+            verdict: Verdict::Info,
+        },
     );
     report.row(
         4,
         "Flash throughput",
         "pending (Flash not in this build)",
         "",
-        None,
-        "≥ 0.8",
-        Verdict::Pending,
+        Judgement {
+            ratio: None,
+            target: "≥ 0.8",
+            verdict: Verdict::Pending,
+        },
     );
     report.figure("program_bytes", len as u64);
     report.figure("program_unpaced_mb_s", rate);
@@ -178,9 +184,11 @@ pub fn report_paced(len: usize, rate: f64, report: &mut Report) {
         format!("Program {} MiB, simulator paced like hardware", len >> 20),
         format!("{rate:.0} MB/s"),
         format!("simulated link: {link:.0} MB/s"),
-        Some(rate / link),
-        "",
-        Verdict::Info,
+        Judgement {
+            ratio: Some(rate / link),
+            target: "",
+            verdict: Verdict::Info,
+        },
     );
     report.figure("program_paced_mb_s", rate);
 }
