@@ -10,6 +10,7 @@ pub mod authz;
 pub mod bus;
 pub mod caller;
 pub mod devices;
+pub mod heap;
 pub mod hw;
 pub mod image;
 pub mod jobs;
@@ -165,6 +166,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     }
     notify_ready();
     tracing::info!("serving {BUS_NAME}");
+    heap::spawn_trimmer(heap::TRIM_PERIOD);
 
     signals.serve(daemon).await;
     Ok(())
