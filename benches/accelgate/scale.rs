@@ -16,6 +16,8 @@ use super::Fallible;
 
 pub const DEVICES: u32 = 64;
 pub const VFS: u32 = 64;
+/// Longer than the daemon's heap trim period.
+const SETTLE: Duration = Duration::from_millis(2500);
 
 /// The policy of the scale host: the devices of `SimSpec::scale` (nic<i> at 0000:<0x10+i>:00.0,
 /// a personality loader each) with VFs up to `vfs`, and the roles of policy/simulated.toml.
@@ -101,6 +103,9 @@ pub async fn run(
     }
     let gmo_ms = median(&gmo);
     let (rss, hwm) = daemon.memory()?;
+    // The daemon gives freed memory back periodically (src/daemon/heap.rs): what stays.
+    tokio::time::sleep(SETTLE).await;
+    let (rss_settled, _) = daemon.memory()?;
     daemon.stop(conn).await?;
 
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -129,18 +134,32 @@ pub async fn run(
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     report.row(
         5,
-        "scale: daemon RSS when ready; after 5 GetManagedObjects (peak)",
         format!(
-            "{:.1} MiB; {:.1} MiB ({:.1} MiB)",
+            "scale: daemon RSS when ready; right after 5 GetManagedObjects; {:.1} s later",
+            SETTLE.as_secs_f64()
+        ),
+        format!(
+            "{:.1} MiB; {:.1} MiB; {:.1} MiB",
             mib(rss_ready),
             mib(rss),
-            mib(hwm)
+            mib(rss_settled)
         ),
         "",
         Judgement {
             ratio: None,
             target: "< 30 MB",
-            verdict: Verdict::of((hwm as f64) < 30e6),
+            verdict: Verdict::of(rss_ready.max(rss_settled) < 30_000_000),
+        },
+    );
+    report.row(
+        5,
+        "scale: daemon peak RSS (VmHWM), reached during GetManagedObjects",
+        format!("{:.1} MiB", mib(hwm)),
+        "",
+        Judgement {
+            ratio: None,
+            target: "< 30 MB",
+            verdict: Verdict::of(hwm < 30_000_000),
         },
     );
     report.row(
@@ -166,6 +185,7 @@ pub async fn run(
     report.figure("scale_gmo_first_ms", ms(first_gmo));
     report.figure("scale_rss_ready_bytes", rss_ready);
     report.figure("scale_rss_bytes", rss);
+    report.figure("scale_rss_settled_bytes", rss_settled);
     report.figure("scale_rss_peak_bytes", hwm);
     Ok(())
 }
