@@ -9,31 +9,8 @@ use std::time::Duration;
 use accelgate::AccelError;
 use common::*;
 
-struct Setup {
-    daemon: TestDaemon,
-    bus: TestBus,
-    dir: std::path::PathBuf,
-    obs: Observer,
-}
-
-fn setup(name: &str, edit: impl FnOnce(String) -> String) -> Setup {
-    ensure_users();
-    let dir = test_dir(name);
-    let policy = dir.join("policy.toml");
-    fs::write(
-        &policy,
-        edit(fs::read_to_string(repo_path("policy/simulated.toml")).unwrap()),
-    )
-    .unwrap();
-    let bus = TestBus::start(&dir);
-    let daemon = TestDaemon::start(&bus, &dir, &policy);
-    let obs = Observer::connect(&bus.address);
-    Setup {
-        daemon,
-        bus,
-        dir,
-        obs,
-    }
+fn setup(name: &str, edit: impl FnOnce(String) -> String) -> Stack {
+    Stack::with_policy(name, edit)
 }
 
 fn kind(r: Result<impl std::fmt::Debug, AccelError>) -> String {
@@ -198,7 +175,7 @@ fn unknown_slices_and_tenants_are_clear_errors() {
     assert_eq!(s.obs.tenant("fpga0", "region0"), "");
 }
 
-fn s_ctl(s: &Setup, args: &[&str]) -> Ctl {
+fn s_ctl(s: &Stack, args: &[&str]) -> Ctl {
     ctl(&s.bus.address, "root", args)
 }
 

@@ -5,7 +5,6 @@
 mod common;
 
 use std::fs;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -13,44 +12,14 @@ use common::*;
 const FPGA_BDF: &str = "0000:3b:00.0";
 const REGION0: u64 = 0x10000;
 
-struct Setup {
-    // Field order is drop order: the daemon stops before its bus.
-    daemon: TestDaemon,
-    bus: TestBus,
-    dir: PathBuf,
-    obs: Observer,
+type Setup = Stack;
+
+trait RegionView {
+    fn region0_bytes(&self, offset: u64, len: usize) -> Vec<u8>;
+    fn wait_image(&self, slice: &str, want: &str);
 }
 
-impl Setup {
-    fn new(name: &str) -> Setup {
-        Setup::with_policy(name, |p| p)
-    }
-
-    /// Starts everything with the simulated policy, edited by `edit`.
-    fn with_policy(name: &str, edit: impl FnOnce(String) -> String) -> Setup {
-        ensure_users();
-        let dir = test_dir(name);
-        let policy = dir.join("policy.toml");
-        fs::write(
-            &policy,
-            edit(fs::read_to_string(repo_path("policy/simulated.toml")).unwrap()),
-        )
-        .unwrap();
-        let bus = TestBus::start(&dir);
-        let daemon = TestDaemon::start(&bus, &dir, &policy);
-        let obs = Observer::connect(&bus.address);
-        Setup {
-            daemon,
-            bus,
-            dir,
-            obs,
-        }
-    }
-
-    fn ctl(&self, user: &str, args: &[&str]) -> Ctl {
-        ctl(&self.bus.address, user, args)
-    }
-
+impl RegionView for Stack {
     fn region0_bytes(&self, offset: u64, len: usize) -> Vec<u8> {
         sim_bar_bytes(&self.daemon.sim_dir, FPGA_BDF, REGION0 + offset, len)
     }
@@ -183,10 +152,9 @@ fn role_operation_matrix_with_denials_leaving_hardware_unchanged() {
     s.ctl("ag-admin", &["policy", "reload"]).ok();
 
     // Every decision is in the audit log, denials with the gate that decided.
-    let audit = fs::read_to_string(s.daemon.state_dir.join("audit.jsonl")).unwrap();
-    let denials: Vec<serde_json::Value> = audit
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    let denials: Vec<serde_json::Value> = s
+        .audit()
+        .into_iter()
         .filter(|r| r["decision"] == "deny")
         .collect();
     let tenant2 = uid_of("ag-tenant2");
@@ -408,4 +376,178 @@ fn sigkill_during_program_leaves_a_consistent_slice() {
         s.ctl("ag-operator", &["assign", "fpga0/region0", "ag-tenant1"])
             .ok();
     }
+}
+
+#[test]
+fn map_needs_an_assigned_vf_and_the_callers_capability() {
+    let s = Setup::new("map");
+    s.ctl("ag-operator", &["vfs", "nic0", "2"]).ok();
+    s.ctl("ag-operator", &["assign", "nic0/vf0", "ag-tenant1"])
+        .ok();
+    // The tenant role requires CAP_IPC_LOCK for slice.map.
+    s.ctl("ag-tenant1", &["map-test", "nic0/vf0"])
+        .fails_with("NotAuthorized");
+    let denial = s
+        .audit()
+        .into_iter()
+        .rev()
+        .find(|r| r["operation"] == "slice.map")
+        .unwrap();
+    assert_eq!(denial["gate"], "caller-caps");
+    let mapped = ctl_with_caps(
+        &s.bus.address,
+        "ag-tenant1",
+        "+ipc_lock",
+        &["--json", "map-test", "nic0/vf0"],
+    )
+    .ok();
+    assert_eq!(mapped.json()["value"], 0xacce_e100u64);
+    // The capability does not open a VF that is not assigned to the caller.
+    ctl_with_caps(
+        &s.bus.address,
+        "ag-tenant1",
+        "+ipc_lock",
+        &["map-test", "nic0/vf1"],
+    )
+    .fails_with("NotAuthorized");
+    // Windows inside a shared BAR are never handed out, whoever asks.
+    s.ctl("root", &["map-test", "fpga0/region0"])
+        .fails_with("InvalidArgument");
+}
+
+/// Takes the next item of a signal stream, or panics after a few seconds.
+fn next_within<S: zbus::export::futures_core::Stream + Unpin>(
+    rt: &tokio::runtime::Runtime,
+    stream: &mut S,
+) -> S::Item {
+    rt.block_on(async {
+        let next = std::future::poll_fn(|cx| std::pin::Pin::new(&mut *stream).poll_next(cx));
+        tokio::time::timeout(Duration::from_secs(5), next)
+            .await
+            .expect("no signal within 5 s")
+            .expect("stream ended")
+    })
+}
+
+#[test]
+fn changes_are_announced_on_the_bus() {
+    let s = Setup::new("signals");
+    let rt = &s.obs.rt;
+    let conn = &s.obs.conn;
+    let om = rt
+        .block_on(
+            zbus::fdo::ObjectManagerProxy::builder(conn)
+                .destination(accelgate::names::BUS_NAME)
+                .path(accelgate::names::ROOT_PATH)
+                .build(),
+        )
+        .unwrap();
+    let mut added = rt.block_on(om.receive_interfaces_added()).unwrap();
+    let mut removed = rt.block_on(om.receive_interfaces_removed()).unwrap();
+    let region0 = rt
+        .block_on(
+            zbus::fdo::PropertiesProxy::builder(conn)
+                .destination(accelgate::names::BUS_NAME)
+                .path(accelgate::names::slice_path("fpga0", "region0"))
+                .build(),
+        )
+        .unwrap();
+    let mut changed = rt.block_on(region0.receive_properties_changed()).unwrap();
+
+    s.ctl("ag-operator", &["assign", "fpga0/region0", "ag-tenant1"])
+        .ok();
+    let signal = next_within(rt, &mut changed);
+    let args = signal.args().unwrap();
+    assert_eq!(args.interface_name().as_str(), "org.accelgate.Accel1.Slice");
+    let tenant: String = args
+        .changed_properties()
+        .get("Tenant")
+        .unwrap()
+        .try_into()
+        .unwrap();
+    assert_eq!(tenant, "user:ag-tenant1");
+
+    // VF slices appear and disappear as objects.
+    s.ctl("ag-operator", &["vfs", "nic0", "2"]).ok();
+    let mut paths: Vec<String> = (0..2)
+        .map(|_| {
+            next_within(rt, &mut added)
+                .args()
+                .unwrap()
+                .object_path()
+                .to_string()
+        })
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            accelgate::names::slice_path("nic0", "vf0"),
+            accelgate::names::slice_path("nic0", "vf1")
+        ]
+    );
+    s.ctl("ag-operator", &["vfs", "nic0", "0"]).ok();
+    let mut gone: Vec<String> = (0..2)
+        .map(|_| {
+            next_within(rt, &mut removed)
+                .args()
+                .unwrap()
+                .object_path()
+                .to_string()
+        })
+        .collect();
+    gone.sort();
+    assert_eq!(gone, paths);
+}
+
+#[test]
+fn configure_loads_a_personality_once_and_respects_assigned_slices() {
+    let s = Setup::new("configure");
+    let bytes = b"nic personality v2".to_vec();
+    let img = write_image(&s.dir, "personality.bin", &bytes);
+    let sha = sha256_hex(&bytes);
+    let img = img.to_str().unwrap();
+    s.ctl("ag-tenant1", &["configure", "nic0", img])
+        .fails_with("NotAuthorized");
+    for _ in 0..2 {
+        s.ctl("ag-operator", &["configure", "nic0", img]).ok();
+        let personality: String = s
+            .obs
+            .rt
+            .block_on(
+                s.obs
+                    .device("nic0")
+                    .inner()
+                    .get_property("PersonalitySha256"),
+            )
+            .unwrap();
+        assert_eq!(personality, sha);
+    }
+    // The simulated card reports the personality it runs: first 8 bytes of its sha256.
+    let tag = sim_bar_bytes(&s.daemon.sim_dir, "0000:5e:00.0", 0x10, 8);
+    assert_eq!(tag, hex_prefix(&sha));
+    // A new personality while a slice is assigned needs force.
+    s.ctl("ag-operator", &["vfs", "nic0", "1"]).ok();
+    s.ctl("ag-operator", &["assign", "nic0/vf0", "ag-tenant1"])
+        .ok();
+    let other = write_image(&s.dir, "personality3.bin", b"nic personality v3");
+    s.ctl(
+        "ag-operator",
+        &["configure", "nic0", other.to_str().unwrap()],
+    )
+    .fails_with("Busy");
+    assert_eq!(
+        sim_bar_bytes(&s.daemon.sim_dir, "0000:5e:00.0", 0x10, 8),
+        hex_prefix(&sha)
+    );
+    s.ctl(
+        "ag-operator",
+        &["configure", "nic0", other.to_str().unwrap(), "--force"],
+    )
+    .ok();
+    let v3 = sha256_hex(b"nic personality v3");
+    assert_eq!(
+        sim_bar_bytes(&s.daemon.sim_dir, "0000:5e:00.0", 0x10, 8),
+        hex_prefix(&v3)
+    );
 }

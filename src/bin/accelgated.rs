@@ -36,6 +36,10 @@ struct Args {
     /// Audit log (JSON lines); default STATE_DIR/audit.jsonl.
     #[arg(long)]
     audit_log: Option<PathBuf>,
+    /// Do not check requests with polkit (role policy alone decides). For tests and demos on a
+    /// bus without polkitd; never on a production host.
+    #[arg(long)]
+    no_polkit: bool,
     /// Do not confine the daemon (no capability drop, no seccomp). For debugging only.
     #[arg(long)]
     no_sandbox: bool,
@@ -111,6 +115,12 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    if args.no_polkit {
+        tracing::warn!(
+            "--no-polkit: polkit is NOT consulted; only role policy gates requests. \
+             Do not run like this in production."
+        );
+    }
     let cfg = Config {
         root: args.root,
         simulate: args.simulate,
@@ -119,6 +129,7 @@ fn main() -> ExitCode {
         policy: args.policy,
         state_dir: args.state_dir,
         audit_log: args.audit_log,
+        polkit: !args.no_polkit,
         sandbox: !args.no_sandbox,
         on_violation: match args.seccomp_violation {
             ViolationArg::Kill => Violation::Kill,

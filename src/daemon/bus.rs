@@ -133,7 +133,15 @@ impl DeviceObject {
         options: HashMap<String, OwnedVariant>,
     ) -> Result<OwnedObjectPath, AccelError> {
         check_option_keys(&options, &["signature"])?;
-        self.daemon.flash(&hdr, self.target(), image.into()).await
+        let signature = match options.get("signature") {
+            None => None,
+            Some(v) => Some(Vec::<u8>::try_from(v.clone()).map_err(|_| {
+                AccelError::InvalidArgument("option signature must be a byte array (ay)".into())
+            })?),
+        };
+        self.daemon
+            .flash(&hdr, self.target(), image.into(), signature)
+            .await
     }
 
     #[zbus(property(emits_changed_signal = "const"))]
@@ -177,10 +185,33 @@ impl DeviceObject {
         Ok(self.dev()?.max_vfs())
     }
 
+    /// Version of the firmware that boots (from the image's `ACCELGATE-FW` header line,
+    /// "unknown" without one); empty for a device without firmware management.
     #[zbus(property)]
     fn firmware_version(&self) -> fdo::Result<String> {
         self.dev()?;
-        Ok(String::new())
+        Ok(self.daemon.firmware_info(&self.id).version)
+    }
+
+    /// Slot the device boots: `a` or `b`; empty without firmware management.
+    #[zbus(property)]
+    fn firmware_active_slot(&self) -> fdo::Result<String> {
+        self.dev()?;
+        Ok(self.daemon.firmware_info(&self.id).active_slot)
+    }
+
+    /// `idle`, `flashing`, or `error: ...`; empty without firmware management.
+    #[zbus(property)]
+    fn firmware_state(&self) -> fdo::Result<String> {
+        self.dev()?;
+        Ok(self.daemon.firmware_info(&self.id).state)
+    }
+
+    /// How the last flash ended: `succeeded|failed|cancelled|interrupted: message`.
+    #[zbus(property)]
+    fn firmware_last_result(&self) -> fdo::Result<String> {
+        self.dev()?;
+        Ok(self.daemon.firmware_info(&self.id).last_result)
     }
 
     #[zbus(property)]
@@ -449,6 +480,14 @@ pub async fn device_changed(conn: &Connection, d: &str) {
         let _ = obj.slices_changed(iface.signal_emitter()).await;
         let _ = obj.personality_sha256_changed(iface.signal_emitter()).await;
         let _ = obj.firmware_locked_changed(iface.signal_emitter()).await;
+        let _ = obj.firmware_version_changed(iface.signal_emitter()).await;
+        let _ = obj
+            .firmware_active_slot_changed(iface.signal_emitter())
+            .await;
+        let _ = obj.firmware_state_changed(iface.signal_emitter()).await;
+        let _ = obj
+            .firmware_last_result_changed(iface.signal_emitter())
+            .await;
         let _ = obj.kind_changed(iface.signal_emitter()).await;
     }
 }

@@ -180,6 +180,7 @@ impl Jobs {
 }
 
 /// The working side of a job.
+#[derive(Clone)]
 pub struct JobHandle {
     conn: Connection,
     pub path: OwnedObjectPath,
@@ -215,7 +216,7 @@ impl JobHandle {
     }
 
     /// Ends the job: sets State and Message, emits Completed, and removes the object later.
-    pub async fn finish(self, result: Result<String, AccelError>) {
+    pub async fn finish(&self, result: Result<String, AccelError>) {
         let (state, message) = match result {
             Ok(m) => (JobState::Succeeded, m),
             Err(AccelError::Cancelled(m)) => (JobState::Cancelled, format!("Cancelled: {m}")),

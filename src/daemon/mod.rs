@@ -10,10 +10,13 @@ pub mod authz;
 pub mod bus;
 pub mod caller;
 pub mod devices;
+pub mod firmware;
+pub mod gatekeeper;
 pub mod heap;
 pub mod hw;
 pub mod image;
 pub mod jobs;
+pub mod polkit;
 pub mod sandbox;
 pub mod service;
 pub mod state;
@@ -65,6 +68,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Audit log file; default `<state_dir>/audit.jsonl`.
     pub audit_log: Option<PathBuf>,
+    /// Check every request with polkit. Off only for tests and demos without polkitd.
+    pub polkit: bool,
     /// Confine the process (capabilities, no_new_privs, seccomp). Off only for debugging.
     pub sandbox: bool,
     /// What a syscall outside the allow-list gets.
@@ -87,6 +92,8 @@ pub enum RunError {
     Service(#[source] service::ServiceError),
     #[error("cannot own {BUS_NAME}: {0}")]
     Name(String),
+    #[error("cannot start the polkit gate")]
+    Polkit(#[source] polkit::PolkitError),
     #[error("cannot confine the daemon")]
     Sandbox(#[source] sandbox::SandboxError),
     #[error("cannot install signal handlers")]
@@ -127,6 +134,18 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     };
     let conn = builder.build().await.map_err(RunError::Bus)?;
 
+    let mut gates: Vec<Box<dyn authz::Gate>> = Vec::new();
+    if cfg.polkit {
+        let options = polkit::PolkitOptions::from_env();
+        gates.push(Box::new(
+            polkit::PolkitGate::new(&conn, options)
+                .await
+                .map_err(RunError::Polkit)?,
+        ));
+    } else {
+        tracing::warn!("POLKIT IS OFF: requests are decided by role policy alone");
+    }
+
     let daemon = Daemon::new(
         conn.clone(),
         hw::HwRoot::new(&root),
@@ -134,7 +153,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         policy,
         state,
         audit,
-        vec![],
+        gates,
     )
     .await
     .map_err(RunError::Service)?;

@@ -11,22 +11,26 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
-use zbus::message::{Flags, Header};
+use zbus::message::Header;
 use zbus::{Connection, OwnedObjectPath, OwnedVariant};
 
 use crate::error::AccelError;
 use crate::names::{device_path, slice_path};
-use crate::operation::Operation;
-use crate::policy::{LoaderSpec, RoleDecision, RolePolicy, SliceKind};
+use crate::policy::{FirmwarePolicy, LoaderSpec, RolePolicy, SliceKind};
 
-use super::audit::{AuditLog, AuditRecord};
-use super::authz::{self, GateRequest, MethodGate, Target};
+use super::audit::AuditLog;
+use super::authz::{self, Target};
 use super::bus;
-use super::caller::{Caller, CallerCache};
+use super::caller::CallerCache;
 use super::devices::{DeviceRt, SliceRt};
+use super::firmware::{
+    image_version, open_backend, recover_interrupted, run_flash, verify_image, FirmwareRecords,
+    FlashError, FlashRequest,
+};
+pub use super::gatekeeper::Authorized;
 use super::hw::{FwUpload, FwUploadError, HwRoot, Width, WindowError};
 use super::image::{read_image, Image, ImageError};
-use super::jobs::{JobHandle, JobShared, Jobs};
+use super::jobs::{JobHandle, Jobs};
 use super::state::StateStore;
 use super::tenant::Tenant;
 
@@ -41,12 +45,18 @@ const SRIOV_TIMEOUT: Duration = Duration::from_secs(30);
 /// Options keys understood by the calls that take an `a{sv}`.
 pub type Options = HashMap<String, OwnedVariant>;
 
-/// A request that passed the identity, role and caller-capability gates.
-pub struct Authorized {
-    pub caller: Arc<Caller>,
-    pub operation: Operation,
-    pub target: Target,
-    pub interactive: bool,
+/// The firmware properties of a device.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FirmwareInfo {
+    /// Version of the firmware that boots.
+    pub version: String,
+    /// `a` or `b`.
+    pub active_slot: String,
+    /// `idle`, `flashing`, or `error: ...` when the device's state cannot be read.
+    pub state: String,
+    /// `<outcome>: <message>` of the last flash (outcome succeeded, failed, cancelled,
+    /// interrupted); empty if there was none.
+    pub last_result: String,
 }
 
 /// The daemon.
@@ -59,7 +69,7 @@ pub struct Daemon {
     state: Mutex<StateStore>,
     pub callers: Arc<CallerCache>,
     pub audit: AuditLog,
-    gates: Vec<Box<dyn authz::Gate>>,
+    pub(super) gates: Vec<Box<dyn authz::Gate>>,
     jobs: Jobs,
     /// Object paths of the devices and slices on the bus now.
     pub exported: tokio::sync::Mutex<std::collections::BTreeSet<String>>,
@@ -103,6 +113,7 @@ impl Daemon {
         });
         daemon.restore_vf_counts().await;
         daemon.recover_in_flux().await;
+        daemon.recover_firmware().await;
         Ok(daemon)
     }
 
@@ -154,219 +165,6 @@ impl Daemon {
             tracing::error!("{}", error_chain(&e));
             AccelError::Failed("cannot persist state; nothing was changed".into())
         })
-    }
-
-    // ---------------------------------------------------------------- authorization
-
-    /// Runs every gate for the method being handled, on `target`. Deny wins; every decision is
-    /// audited.
-    pub async fn authorize(
-        &self,
-        hdr: &Header<'_>,
-        target: Target,
-    ) -> Result<Authorized, AccelError> {
-        let auth = self.authorize_role(hdr, target).await?;
-        self.authorize_rest(&auth, None).await?;
-        Ok(auth)
-    }
-
-    /// Identity, role and caller capabilities. Methods that take an image call this first,
-    /// read the image, and then `authorize_rest` with its hash (polkit sees the hash).
-    pub async fn authorize_role(
-        &self,
-        hdr: &Header<'_>,
-        target: Target,
-    ) -> Result<Authorized, AccelError> {
-        let interface = hdr.interface().map(|i| i.as_str()).unwrap_or_default();
-        let member = hdr.member().map(|m| m.as_str()).unwrap_or_default();
-        let operation = match authz::method_gate(interface, member) {
-            Some(MethodGate::Operation(op)) => op,
-            // Identity-only and job methods have their own entry points; anything else is a
-            // method the table does not know, which is denied.
-            _ => {
-                tracing::error!("method {interface}.{member} has no operation in the method table");
-                return Err(AccelError::NotAuthorized(
-                    "method is not in the authorization table".into(),
-                ));
-            }
-        };
-        let caller = self.identify(hdr, operation.as_str(), &target).await?;
-        let interactive = hdr
-            .primary()
-            .flags()
-            .contains(Flags::ALLOW_INTERACTIVE_AUTH);
-        let auth = Authorized {
-            caller,
-            operation,
-            target,
-            interactive,
-        };
-        self.check_role_and_caps(&auth)?;
-        Ok(auth)
-    }
-
-    async fn identify(
-        &self,
-        hdr: &Header<'_>,
-        operation: &str,
-        target: &Target,
-    ) -> Result<Arc<Caller>, AccelError> {
-        match self.callers.resolve(hdr.sender()).await {
-            Ok(c) => Ok(c),
-            Err(e) => {
-                let reason = error_chain(&e);
-                self.audit.record(AuditRecord {
-                    time: 0.0,
-                    uid: None,
-                    pid: None,
-                    sender: hdr.sender().map(|s| s.as_str()).unwrap_or(""),
-                    operation,
-                    target: &target.to_string(),
-                    decision: "deny",
-                    gate: "identity",
-                    reason: &reason,
-                });
-                Err(AccelError::NotAuthorized(
-                    "cannot identify the caller".into(),
-                ))
-            }
-        }
-    }
-
-    fn check_role_and_caps(&self, auth: &Authorized) -> Result<(), AccelError> {
-        let caller = &auth.caller;
-        let assigned = match &auth.target {
-            Target::Slice(d, s) => self
-                .state()
-                .get()
-                .slice(d, s)
-                .tenant
-                .is_some_and(|t| t.includes(caller.uid, &caller.gids)),
-            _ => false,
-        };
-        let decision = self.policy().decide(
-            caller.uid,
-            &caller.gids,
-            auth.operation,
-            auth.target.device(),
-            assigned,
-        );
-        let grants = match decision {
-            RoleDecision::Allow { grants } => grants,
-            RoleDecision::Deny { reason } => return Err(self.deny(auth, "role", &reason)),
-        };
-        // The caller passes if it meets the capability rule of any one role that grants.
-        if grants.iter().any(|(_, caps)| caps.is_empty()) {
-            return Ok(());
-        }
-        match authz::caller_effective_caps(caller) {
-            Ok(eff) if grants.iter().any(|(_, caps)| authz::holds_all(eff, caps)) => Ok(()),
-            Ok(_) => {
-                let needed: Vec<String> = grants
-                    .iter()
-                    .map(|(role, caps)| format!("{role}: {caps:?}"))
-                    .collect();
-                Err(self.deny(
-                    auth,
-                    "caller-caps",
-                    &format!("caller lacks capabilities ({})", needed.join("; ")),
-                ))
-            }
-            Err(e) => Err(self.deny(auth, "caller-caps", &error_chain(&e))),
-        }
-    }
-
-    /// The gates after role and capabilities (polkit), then the audit record of the allow.
-    pub async fn authorize_rest(
-        &self,
-        auth: &Authorized,
-        image_sha256: Option<&str>,
-    ) -> Result<(), AccelError> {
-        let req = GateRequest {
-            caller: &auth.caller,
-            operation: auth.operation,
-            target: &auth.target,
-            image_sha256,
-            interactive: auth.interactive,
-        };
-        for gate in &self.gates {
-            if let Err(reason) = gate.check(&req).await {
-                return Err(self.deny(auth, gate.name(), &reason));
-            }
-        }
-        self.record(auth, "allow", "all", "every gate passed");
-        Ok(())
-    }
-
-    /// A hard device limit refused the request (after the gates allowed it).
-    pub fn deny_by_limit(&self, auth: &Authorized, err: AccelError) -> AccelError {
-        self.record(auth, "deny", "device-limits", &err.message());
-        err
-    }
-
-    fn deny(&self, auth: &Authorized, gate: &'static str, reason: &str) -> AccelError {
-        self.record(auth, "deny", gate, reason);
-        AccelError::NotAuthorized(format!(
-            "{} on {} is not allowed",
-            auth.operation, auth.target
-        ))
-    }
-
-    fn record(&self, auth: &Authorized, decision: &'static str, gate: &'static str, reason: &str) {
-        self.audit.record(AuditRecord {
-            time: 0.0,
-            uid: Some(auth.caller.uid),
-            pid: auth.caller.pid,
-            sender: &auth.caller.sender,
-            operation: auth.operation.as_str(),
-            target: &auth.target.to_string(),
-            decision,
-            gate,
-            reason,
-        });
-    }
-
-    /// Cancel is allowed to whoever may start the job's operation on the job's target.
-    pub async fn authorize_job_cancel(
-        &self,
-        hdr: &Header<'_>,
-        job: &JobShared,
-    ) -> Result<(), AccelError> {
-        let caller = self
-            .identify(hdr, job.operation.as_str(), &job.target)
-            .await?;
-        let interactive = hdr
-            .primary()
-            .flags()
-            .contains(Flags::ALLOW_INTERACTIVE_AUTH);
-        let auth = Authorized {
-            caller,
-            operation: job.operation,
-            target: job.target.clone(),
-            interactive,
-        };
-        self.check_role_and_caps(&auth)?;
-        self.authorize_rest(&auth, None).await
-    }
-
-    /// WhoAmI: needs only an identity.
-    pub async fn who_am_i(
-        &self,
-        hdr: &Header<'_>,
-    ) -> Result<(u32, Vec<String>, Vec<String>), AccelError> {
-        let caller = self.identify(hdr, "whoami", &Target::Manager).await?;
-        let policy = self.policy();
-        let roles = policy
-            .roles_for(caller.uid, &caller.gids)
-            .iter()
-            .map(|r| r.id.clone())
-            .collect();
-        let ops = policy
-            .operations_for(caller.uid, &caller.gids)
-            .iter()
-            .map(|o| o.as_str().to_owned())
-            .collect();
-        Ok((caller.uid, roles, ops))
     }
 
     // ---------------------------------------------------------------- slice operations
@@ -549,26 +347,49 @@ impl Daemon {
             .clone()
             .try_lock_owned()
             .map_err(|_| self.busy(&auth))?;
+        let loaded = self.state().get().slice(&d, &s).image_sha256;
+        let already = (loaded.as_deref() == Some(image.sha256.as_str()))
+            .then(|| format!("image {} is already loaded", image.sha256));
+        let daemon = self.clone();
+        self.spawn_job(&auth, path, busy, already, move |job| async move {
+            daemon.load_slice_image(&d, &s, &loader, image, &job).await
+        })
+        .await
+    }
+
+    /// Puts a job on the bus and runs `work` for it in the background, holding `busy` until it
+    /// ends. With `already` (the request is a repeat of what is in effect), the job ends at once
+    /// with that message: retries by orchestrators stay cheap and uniform.
+    async fn spawn_job<W, Fut>(
+        self: &Arc<Self>,
+        auth: &Authorized,
+        target_path: OwnedObjectPath,
+        busy: tokio::sync::OwnedMutexGuard<()>,
+        already: Option<String>,
+        work: W,
+    ) -> Result<OwnedObjectPath, AccelError>
+    where
+        W: FnOnce(JobHandle) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<String, AccelError>> + Send + 'static,
+    {
         let job = self
             .jobs
             .start(
                 self,
                 auth.operation,
                 auth.target.clone(),
-                path,
+                target_path,
                 auth.caller.uid,
             )
             .await?;
         let job_path = job.path.clone();
-        if self.state().get().slice(&d, &s).image_sha256.as_deref() == Some(image.sha256.as_str()) {
-            job.finish(Ok(format!("image {} is already loaded", image.sha256)))
-                .await;
+        if let Some(message) = already {
+            job.finish(Ok(message)).await;
             return Ok(job_path);
         }
-        let daemon = self.clone();
         tokio::spawn(async move {
             let _busy = busy;
-            let result = daemon.load_slice_image(&d, &s, &loader, image, &job).await;
+            let result = work(job.clone()).await;
             job.finish(result).await;
         });
         Ok(job_path)
@@ -801,61 +622,51 @@ impl Daemon {
             .map_err(|_| self.busy(&auth))?;
         let path = OwnedObjectPath::try_from(device_path(&d))
             .map_err(|e| AccelError::Failed(e.to_string()))?;
-        let job = self
-            .jobs
-            .start(
-                self,
-                auth.operation,
-                auth.target.clone(),
-                path,
-                auth.caller.uid,
-            )
-            .await?;
-        let job_path = job.path.clone();
-        if self.state().get().device(&d).personality_sha256.as_deref()
-            == Some(image.sha256.as_str())
-        {
-            job.finish(Ok(format!(
-                "personality {} is already loaded",
-                image.sha256
-            )))
-            .await;
-            return Ok(job_path);
-        }
+        let loaded = self.state().get().device(&d).personality_sha256;
+        let already = (loaded.as_deref() == Some(image.sha256.as_str()))
+            .then(|| format!("personality {} is already loaded", image.sha256));
         let daemon = self.clone();
-        tokio::spawn(async move {
-            let _busy = busy;
-            let sha = image.sha256.clone();
-            let result = async {
-                daemon.update_state(|st| {
-                    let e = st.device_mut(&d);
-                    e.personality_sha256 = None;
-                    e.personality_in_flux = true;
-                })?;
-                bus::device_changed(&daemon.conn, &d).await;
-                let r = daemon
-                    .upload(&loader, Arc::new(image.bytes), Some(&job))
-                    .await;
-                let ok = r.is_ok();
-                daemon.update_state(|st| {
-                    let e = st.device_mut(&d);
-                    e.personality_in_flux = false;
-                    e.personality_sha256 = ok.then(|| sha.clone());
-                })?;
-                bus::device_changed(&daemon.conn, &d).await;
-                r.map(|()| format!("loaded personality {sha} on {d}"))
-            }
-            .await;
-            job.finish(result).await;
-        });
-        Ok(job_path)
+        self.spawn_job(&auth, path, busy, already, move |job| async move {
+            daemon.load_personality(&d, &loader, image, &job).await
+        })
+        .await
     }
 
+    /// Like `load_slice_image`, for a whole-device personality.
+    async fn load_personality(
+        &self,
+        d: &str,
+        loader: &LoaderSpec,
+        image: Image,
+        job: &JobHandle,
+    ) -> Result<String, AccelError> {
+        self.update_state(|st| {
+            let e = st.device_mut(d);
+            e.personality_sha256 = None;
+            e.personality_in_flux = true;
+        })?;
+        bus::device_changed(&self.conn, d).await;
+        let sha = image.sha256.clone();
+        let result = self.upload(loader, Arc::new(image.bytes), Some(job)).await;
+        let loaded = result.is_ok();
+        self.update_state(|st| {
+            let e = st.device_mut(d);
+            e.personality_in_flux = false;
+            e.personality_sha256 = loaded.then(|| sha.clone());
+        })?;
+        bus::device_changed(&self.conn, d).await;
+        result.map(|()| format!("loaded personality {sha} on {d}"))
+    }
+
+    /// Device.Flash: role gate, lock, image within the size limit, signature verification
+    /// (before any byte is written), the remaining gates with the image hash, one flash per
+    /// device; then a job writes the inactive slot, reads it back and switches.
     pub async fn flash(
         self: &Arc<Self>,
         hdr: &Header<'_>,
         target: Target,
         fd: OwnedFd,
+        signature: Option<Vec<u8>>,
     ) -> Result<OwnedObjectPath, AccelError> {
         let auth = self.authorize_role(hdr, target).await?;
         let d = auth.target.device().unwrap_or_default().to_owned();
@@ -875,10 +686,155 @@ impl Daemon {
         let image = self
             .take_image(&auth, fd, dev.policy.max_image_size)
             .await?;
+        let verified = verify_image(&image.bytes, signature.as_deref(), &fw).map_err(|e| {
+            self.deny_by_limit(
+                &auth,
+                AccelError::VerificationFailed(format!("firmware image for {d} refused: {e}")),
+            )
+        })?;
         self.authorize_rest(&auth, Some(&image.sha256)).await?;
-        Err(AccelError::Failed(format!(
-            "flashing {d} is not supported by this build yet"
-        )))
+        let busy = dev
+            .busy
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| self.busy(&auth))?;
+        let path = OwnedObjectPath::try_from(device_path(&d))
+            .map_err(|e| AccelError::Failed(e.to_string()))?;
+        // Idempotent: the image already booting is not written again.
+        let already = {
+            let (hw, fw, sha) = (self.hw.clone(), fw.clone(), image.sha256.clone());
+            tokio::task::spawn_blocking(move || {
+                let st = open_backend(&hw, &fw).and_then(|b| b.status()).ok()?;
+                let active = st.slot(st.active);
+                (active.valid && active.sha256 == sha).then(|| {
+                    format!(
+                        "firmware {} ({sha}) is already active in slot {}",
+                        active.version,
+                        st.active.as_str()
+                    )
+                })
+            })
+            .await
+            .ok()
+            .flatten()
+        };
+        tracing::info!(
+            "{d}: flash of firmware {} ({}), {verified}, for uid {}",
+            image_version(&image.bytes),
+            image.sha256,
+            auth.caller.uid
+        );
+        let daemon = self.clone();
+        let uid = auth.caller.uid;
+        self.spawn_job(&auth, path, busy, already, move |job| async move {
+            let result = daemon.run_flash_job(&d, &fw, image, uid, &job).await;
+            bus::device_changed(&daemon.conn, &d).await;
+            result
+        })
+        .await
+    }
+
+    /// The flash itself on a blocking thread, with progress and cancel bridged to the job.
+    async fn run_flash_job(
+        &self,
+        d: &str,
+        fw: &FirmwarePolicy,
+        image: Image,
+        uid: u32,
+        job: &JobHandle,
+    ) -> Result<String, AccelError> {
+        let hw = self.hw.clone();
+        let fw = fw.clone();
+        let records = self.firmware_records();
+        let cancel = job.cancel_flag();
+        let device = d.to_owned();
+        let (tx, mut rx) = tokio::sync::watch::channel(0.0f64);
+        let work = tokio::task::spawn_blocking(move || {
+            let backend = open_backend(&hw, &fw)
+                .map_err(|e| FlashError::Failed(format!("nothing was written: {e}")))?;
+            let request = FlashRequest {
+                device: &device,
+                image: &image.bytes,
+                sha256: &image.sha256,
+                started_by_uid: uid,
+            };
+            let mut report = |p: f64| {
+                let _ = tx.send(p);
+            };
+            run_flash(backend.as_ref(), &records, &request, &mut report, &cancel)
+        });
+        let mut announced = false;
+        while rx.changed().await.is_ok() {
+            let p = *rx.borrow_and_update();
+            if !announced {
+                // The in-progress record is written before the first progress report, so
+                // FirmwareState now reads "flashing".
+                bus::device_changed(&self.conn, d).await;
+                announced = true;
+            }
+            job.set_progress(p).await;
+        }
+        match work.await {
+            Ok(Ok(message)) => Ok(message),
+            Ok(Err(FlashError::Cancelled(m))) => Err(AccelError::Cancelled(m)),
+            Ok(Err(FlashError::Busy(m))) => Err(AccelError::Busy(m)),
+            Ok(Err(FlashError::Failed(m))) => Err(AccelError::Failed(m)),
+            Err(e) => Err(AccelError::Failed(format!("flash task failed: {e}"))),
+        }
+    }
+
+    pub fn firmware_records(&self) -> FirmwareRecords {
+        FirmwareRecords::new(self.state().dir())
+    }
+
+    /// What the Device firmware properties show; all empty for a device without firmware.
+    pub fn firmware_info(&self, d: &str) -> FirmwareInfo {
+        let Some(fw) = self
+            .device(d)
+            .ok()
+            .and_then(|dev| dev.policy.firmware.clone())
+        else {
+            return FirmwareInfo::default();
+        };
+        let records = self.firmware_records();
+        let last_result = records
+            .last_result(d)
+            .map(|r| r.to_string())
+            .unwrap_or_default();
+        let flashing = records.in_progress(d).is_some();
+        match open_backend(&self.hw, &fw).and_then(|b| b.status()) {
+            Ok(st) => FirmwareInfo {
+                version: st.active_version(),
+                active_slot: st.active.as_str().to_owned(),
+                state: if flashing { "flashing" } else { "idle" }.to_owned(),
+                last_result,
+            },
+            Err(e) => FirmwareInfo {
+                version: String::new(),
+                active_slot: String::new(),
+                state: format!("error: {e}"),
+                last_result,
+            },
+        }
+    }
+
+    /// A flash record left by a daemon that died mid-flash becomes the device's last result.
+    async fn recover_firmware(&self) {
+        for (d, dev) in self.devices() {
+            let Some(fw) = dev.policy.firmware.clone() else {
+                continue;
+            };
+            let hw = self.hw.clone();
+            let records = self.firmware_records();
+            let recovered = tokio::task::spawn_blocking(move || {
+                let backend = open_backend(&hw, &fw).ok();
+                recover_interrupted(backend.as_deref(), &records, &d).map(|r| (d, r))
+            })
+            .await;
+            if let Ok(Some((d, result))) = recovered {
+                tracing::warn!("{d}: {result}");
+            }
+        }
     }
 
     async fn take_image(

@@ -136,6 +136,11 @@ impl StateStore {
         })
     }
 
+    /// The state directory (other records, e.g. firmware flash records, live beside it).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn get(&self) -> &PersistentState {
         &self.current
     }

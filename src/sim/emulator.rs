@@ -15,6 +15,7 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use sha2::{Digest, Sha256};
 
 use super::files::{poke, read_attr, write_atomic};
+use super::flash::{SlotWrite, FLASH_BYTES_PER_SEC};
 use super::spec::{FwEffect, FwEntrySpec, REG_IMAGE_STATUS, REG_IMAGE_TAG, REG_PERSONALITY_TAG};
 use super::tree::Tree;
 use super::SimError;
@@ -26,6 +27,8 @@ const BYTES_PER_SEC: u64 = 64 << 20;
 const MAX_STEP: u64 = 1 << 20;
 const MIN_STEPS: u64 = 3;
 const MIN_PAUSE: Duration = Duration::from_millis(2);
+/// Flash writes report progress in smaller steps (they are slower).
+const FLASH_MAX_STEP: u64 = 128 << 10;
 /// Set (to anything but `0`) in the environment of the process that starts the emulator to
 /// transfer uploads as fast as the files allow instead of at the simulated speed, so that a
 /// benchmark sees what the daemon costs rather than the simulated hardware's pace.
@@ -57,6 +60,8 @@ struct UploadSlot {
 enum Watched {
     Pf(usize),
     Fw(usize),
+    /// The `fw_slots` attributes of a flash entry.
+    Slots(usize),
 }
 
 impl Emulator {
@@ -76,6 +81,10 @@ impl Emulator {
         for (index, entry) in tree.spec.fw_uploads.iter().enumerate() {
             let wd = add_watch(&inotify, &tree.fw_dir(&entry.name))?;
             watched.insert(wd, Watched::Fw(index));
+            if entry.effect == FwEffect::Flash {
+                let wd = add_watch(&inotify, &super::flash::slots_dir(&tree, entry))?;
+                watched.insert(wd, Watched::Slots(index));
+            }
         }
         let uploads = tree
             .spec
@@ -157,6 +166,9 @@ fn watch_loop(
                     .reconcile_vfs(&shared.tree.spec.functions[*index]),
                 (Watched::Fw(index), Some("loading")) => on_loading(shared, *index),
                 (Watched::Fw(index), Some("cancel")) => on_cancel(shared, *index),
+                (Watched::Slots(index), Some("activate")) => {
+                    super::flash::on_activate(&shared.tree, &shared.tree.spec.fw_uploads[*index])
+                }
                 _ => Ok(()),
             };
             if let Err(err) = result {
@@ -281,11 +293,24 @@ fn upload_steps(
     if len == 0 {
         return Ok(Outcome::Failed("preparing", "invalid-file-size"));
     }
+    // A flash device writes its staging slot as the transfer goes; other targets take the
+    // image at the end.
+    let flash = entry.effect == FwEffect::Flash;
+    let mut slot_write = if flash {
+        Some(SlotWrite::begin(&shared.tree, entry)?)
+    } else {
+        None
+    };
     write_atomic(&dir.join("status"), "transferring\n")?;
-    let steps = len.div_ceil(MAX_STEP).max(MIN_STEPS);
+    let (max_step, rate) = if flash {
+        (FLASH_MAX_STEP, FLASH_BYTES_PER_SEC)
+    } else {
+        (MAX_STEP, BYTES_PER_SEC)
+    };
+    let steps = len.div_ceil(max_step).max(MIN_STEPS);
     let step = len.div_ceil(steps);
     let pause = if shared.paced {
-        Duration::from_micros(step * 1_000_000 / BYTES_PER_SEC).max(MIN_PAUSE)
+        Duration::from_micros(step * 1_000_000 / rate).max(MIN_PAUSE)
     } else {
         Duration::ZERO
     };
@@ -298,15 +323,26 @@ fn upload_steps(
             return Ok(Outcome::Stopped);
         }
         if slot.cancel.load(Ordering::Acquire) {
+            if let Some(w) = slot_write.take() {
+                w.abort()?;
+            }
             return Ok(Outcome::Failed("transferring", "user-abort"));
         }
-        remaining -= step.min(remaining);
+        let done = len - remaining;
+        let n = step.min(remaining);
+        if let Some(w) = slot_write.as_mut() {
+            w.write(done, &image[done as usize..(done + n) as usize])?;
+        }
+        remaining -= n;
         write_atomic(&dir.join("remaining_size"), &format!("{remaining}\n"))?;
     }
     // Point of no return: a cancel request from here on is ignored.
     write_atomic(&dir.join("status"), "programming\n")?;
     std::thread::sleep(MIN_PAUSE);
-    apply_effect(shared, entry, &image)?;
+    match slot_write {
+        Some(w) => w.finish()?,
+        None => apply_effect(shared, entry, &image)?,
+    }
     Ok(Outcome::Done)
 }
 
@@ -345,6 +381,7 @@ fn apply_effect(shared: &Shared, entry: &FwEntrySpec, image: &[u8]) -> Result<()
             )
         }
         FwEffect::Personality => poke(&bar, REG_PERSONALITY_TAG, &tag.to_le_bytes()),
+        // Written slot by slot during the transfer (see `upload_steps`).
         FwEffect::Flash => Ok(()),
     }
 }

@@ -4,6 +4,7 @@
 
 mod emulator;
 mod files;
+pub mod flash;
 mod spec;
 mod tree;
 

@@ -67,7 +67,7 @@ pub enum FwEffect {
     Region(u32),
     /// Sets PERSONALITY_TAG.
     Personality,
-    /// Accepted and programmed, no register effect (flash emulation is later work).
+    /// A two-slot firmware flash (see `sim::flash`): the upload goes to the staging slot.
     Flash,
 }
 

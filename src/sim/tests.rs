@@ -438,3 +438,84 @@ fn upload_without_a_responding_device_times_out_and_early_cancel_touches_nothing
     // The half-started load was aborted.
     assert_eq!(std::fs::read_to_string(&loading).unwrap(), "-1");
 }
+
+fn flash_slots(root: &HwRoot) -> crate::daemon::firmware::fw_upload::FwUploadSlots {
+    crate::daemon::firmware::fw_upload::FwUploadSlots::open(root, "fpga0-flash").unwrap()
+}
+
+#[test]
+fn flash_device_writes_the_staging_slot_and_switches_on_activate() {
+    use crate::daemon::firmware::{FirmwareBackend, Slot};
+    let (dir, root) = standard("flash");
+    let _emulator = Emulator::start(&dir.0).unwrap();
+    let slots = flash_slots(&root);
+    let st = slots.status().unwrap();
+    assert_eq!(st.active, Slot::A);
+    assert_eq!(st.active_version(), flash::FACTORY_VERSION);
+    assert!(!st.b.valid);
+
+    let mut image = b"ACCELGATE-FW 2.0\n".to_vec();
+    image.extend(test_image(300_000, 9));
+    let sha = crate::daemon::image::sha256_hex(&image);
+    let mut seen = Vec::new();
+    slots
+        .write_slot(
+            Slot::B,
+            &image,
+            &mut |p| seen.push(p),
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+    assert!(seen.len() >= 3, "{seen:?}");
+    let storage = flash::storage_path(&dir.0, "fpga0-flash", Slot::B);
+    assert_eq!(std::fs::read(&storage).unwrap(), image);
+    slots.verify_slot(Slot::B, &image, &sha).unwrap();
+    assert_eq!(
+        slots.status().unwrap().active,
+        Slot::A,
+        "writing must not switch"
+    );
+    // Writing the active slot is refused by the backend (the device stages into B).
+    assert!(slots
+        .write_slot(Slot::A, &image, &mut |_| {}, &AtomicBool::new(false))
+        .is_err());
+    slots.switch_to(Slot::B).unwrap();
+    let st = slots.status().unwrap();
+    assert_eq!((st.active, st.active_version()), (Slot::B, "2.0".into()));
+    assert_eq!(st.a.version, flash::FACTORY_VERSION);
+}
+
+#[test]
+fn flash_device_refuses_to_boot_an_invalid_slot_and_rebuild_invalidates_torn_writes() {
+    use crate::daemon::firmware::{FirmwareBackend, Slot};
+    let (dir, root) = standard("flash-torn");
+    {
+        let _emulator = Emulator::start(&dir.0).unwrap();
+        let slots = flash_slots(&root);
+        // B is empty: the backend refuses to ask, and the device ignores the request.
+        assert!(slots.switch_to(Slot::B).is_err());
+        let attrs = root.pci_device_dir("0000:3b:00.0").join(flash::SLOTS_DIR);
+        std::fs::write(attrs.join("activate"), "b").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(slots.status().unwrap().active, Slot::A);
+    }
+    // A crash mid-write as the emulator leaves it: slot B "writing", upload "transferring".
+    let attrs = root.pci_device_dir("0000:3b:00.0").join(flash::SLOTS_DIR);
+    std::fs::write(attrs.join("slot_b_state"), "writing\n").unwrap();
+    std::fs::write(
+        root.fw_upload_dir("fpga0-flash").join("status"),
+        "transferring\n",
+    )
+    .unwrap();
+    build(&dir.0, &SimSpec::standard()).unwrap();
+    let slots = flash_slots(&root);
+    let st = slots.status().unwrap();
+    assert_eq!(st.active, Slot::A);
+    assert!(!st.b.valid);
+    assert_eq!(
+        std::fs::read_to_string(attrs.join("slot_b_state")).unwrap(),
+        "invalid\n"
+    );
+    let entry = FwUpload::open(&root, "fpga0-flash").unwrap();
+    assert_eq!(entry.last_error().unwrap(), "transferring:hw-error");
+}

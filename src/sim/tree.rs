@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use super::files::{
     create_if_missing, ensure_bar, ensure_symlink, read_attr, remove_if_present, write_atomic,
 };
-use super::spec::{PfSpec, SimSpec, VfSpec, REG_ID, REG_REGION_ID};
+use super::spec::{FwEffect, PfSpec, SimSpec, VfSpec, REG_ID, REG_REGION_ID};
 use super::SimError;
 use crate::daemon::hw::pci::validate_bdf;
 
@@ -96,6 +96,9 @@ impl Tree {
         }
         for entry in &self.spec.fw_uploads {
             self.build_fw_entry(&entry.name)?;
+            if entry.effect == FwEffect::Flash {
+                super::flash::build(self, entry)?;
+            }
         }
         for pf in &self.spec.functions {
             if pf.sriov.is_some() {

@@ -5,6 +5,8 @@
 //! `dbus-daemon`; a test that lacks either fails with a message saying so.
 #![allow(dead_code)]
 
+pub mod polkit;
+
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -176,22 +178,39 @@ pub struct TestDaemon {
     pub policy: PathBuf,
     pub address: String,
     pub log: PathBuf,
+    /// Whether the daemon checks requests with polkit (needs polkitd on the bus).
+    pub polkit: bool,
     /// Further `accelgated` arguments (e.g. `--no-sandbox`).
     pub extra_args: Vec<String>,
 }
 
 impl TestDaemon {
     /// Starts the daemon with `policy` (a path) on `bus`, simulated hardware and state under
-    /// `dir`, and waits until it owns its name.
+    /// `dir`, and waits until it owns its name. polkit is off (`--no-polkit`).
     pub fn start(bus: &TestBus, dir: &Path, policy: &Path) -> TestDaemon {
-        TestDaemon::start_with_args(bus, dir, policy, &[])
+        TestDaemon::start_opts(bus, dir, policy, false, &[])
     }
 
-    /// Like `start`, with further `accelgated` arguments.
+    /// Like `start`, with the polkit gate on (see common::polkit for a private polkitd).
+    pub fn start_with_polkit(bus: &TestBus, dir: &Path, policy: &Path) -> TestDaemon {
+        TestDaemon::start_opts(bus, dir, policy, true, &[])
+    }
+
+    /// Like `start` (polkit off), with further `accelgated` arguments.
     pub fn start_with_args(
         bus: &TestBus,
         dir: &Path,
         policy: &Path,
+        extra_args: &[&str],
+    ) -> TestDaemon {
+        TestDaemon::start_opts(bus, dir, policy, false, extra_args)
+    }
+
+    fn start_opts(
+        bus: &TestBus,
+        dir: &Path,
+        policy: &Path,
+        polkit: bool,
         extra_args: &[&str],
     ) -> TestDaemon {
         let mut d = TestDaemon {
@@ -201,6 +220,7 @@ impl TestDaemon {
             policy: policy.to_owned(),
             address: bus.address.clone(),
             log: dir.join("daemon.log"),
+            polkit,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         d.spawn();
@@ -221,6 +241,7 @@ impl TestDaemon {
             .arg(&self.policy)
             .arg("--state-dir")
             .arg(&self.state_dir)
+            .args((!self.polkit).then_some("--no-polkit"))
             .args(&self.extra_args)
             .env("ACCELGATE_LOG", "info")
             .stderr(log)
@@ -350,6 +371,12 @@ impl Ctl {
 
 /// Runs `accelctl --bus ADDRESS ARGS` as `user` ("root" runs it directly), with its groups.
 pub fn ctl(address: &str, user: &str, args: &[&str]) -> Ctl {
+    ctl_with_caps(address, user, "", args)
+}
+
+/// Like `ctl`, with the capabilities in `caps` (setpriv syntax, e.g. "+ipc_lock") raised in the
+/// client's effective set through the ambient set.
+pub fn ctl_with_caps(address: &str, user: &str, caps: &str, args: &[&str]) -> Ctl {
     let bin = env!("CARGO_BIN_EXE_accelctl");
     let mut cmd = if user == "root" {
         Command::new(bin)
@@ -359,10 +386,16 @@ pub fn ctl(address: &str, user: &str, args: &[&str]) -> Ctl {
             &format!("--reuid={user}"),
             &format!("--regid={user}"),
             "--init-groups",
-            "--inh-caps=-all",
-            "--",
         ]);
-        c.arg(bin);
+        if caps.is_empty() {
+            c.arg("--inh-caps=-all");
+        } else {
+            c.args([
+                format!("--inh-caps={caps}"),
+                format!("--ambient-caps={caps}"),
+            ]);
+        }
+        c.arg("--").arg(bin);
         c
     };
     cmd.args(["--bus", address]).args(args).stdin(Stdio::null());
@@ -390,6 +423,57 @@ pub fn write_image(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     accelgate::daemon::image::sha256_hex(bytes)
+}
+
+/// A whole stack for one test: a private bus, the daemon on simulated hardware with the
+/// simulated policy (edited by the test), and a root observer. Fields drop in order: the
+/// daemon stops before its bus.
+pub struct Stack {
+    pub daemon: TestDaemon,
+    pub bus: TestBus,
+    pub dir: PathBuf,
+    pub obs: Observer,
+}
+
+impl Stack {
+    pub fn new(name: &str) -> Stack {
+        Stack::with_policy(name, |p| p)
+    }
+
+    /// Starts everything with policy/simulated.toml as edited by `edit`.
+    pub fn with_policy(name: &str, edit: impl FnOnce(String) -> String) -> Stack {
+        ensure_users();
+        let dir = test_dir(name);
+        let policy = dir.join("policy.toml");
+        fs::write(
+            &policy,
+            edit(fs::read_to_string(repo_path("policy/simulated.toml")).unwrap()),
+        )
+        .unwrap();
+        let bus = TestBus::start(&dir);
+        let daemon = TestDaemon::start(&bus, &dir, &policy);
+        let obs = Observer::connect(&bus.address);
+        Stack {
+            daemon,
+            bus,
+            dir,
+            obs,
+        }
+    }
+
+    /// accelctl as `user` against this stack's daemon.
+    pub fn ctl(&self, user: &str, args: &[&str]) -> Ctl {
+        ctl(&self.bus.address, user, args)
+    }
+
+    /// The audit records the daemon wrote, oldest first.
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        fs::read_to_string(self.daemon.state_dir.join("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
 }
 
 /// A root connection to the test bus for checking what the daemon exports.

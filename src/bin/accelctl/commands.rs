@@ -150,15 +150,22 @@ async fn dispatch(cli: &Cli) -> Result<(), CliError> {
         }
         Command::Firmware(FirmwareCommand::Status { device }) => {
             let d = client.device(device).await?;
+            let fw = firmware_properties(client, device).await?;
             let result = json!({
                 "device": d.id,
                 "firmware_version": d.firmware_version,
                 "firmware_locked": d.firmware_locked,
+                "firmware_active_slot": fw.active_slot,
+                "firmware_state": fw.state,
+                "firmware_last_result": fw.last_result,
             });
             emit(json, &result, || {
                 fields(&[
                     ("device", d.id.clone()),
                     ("firmware version", or_dash(&d.firmware_version)),
+                    ("active slot", or_dash(&fw.active_slot)),
+                    ("state", or_dash(&fw.state)),
+                    ("last result", or_dash(&fw.last_result)),
                     ("firmware locked", yes_no(d.firmware_locked)),
                 ])
             })
@@ -490,6 +497,31 @@ async fn audit(client: &Client, max: u32, json: bool) -> Result<(), CliError> {
         .collect();
     emit(json, &records, || {
         lines.iter().map(|line| format!("{line}\n")).collect()
+    })
+}
+
+/// Firmware properties the client library's `DeviceInfo` does not carry (yet).
+struct FirmwareProperties {
+    active_slot: String,
+    state: String,
+    last_result: String,
+}
+
+async fn firmware_properties(
+    client: &Client,
+    device: &str,
+) -> Result<FirmwareProperties, ClientError> {
+    let proxy = zbus::Proxy::new(
+        client.connection(),
+        accelgate::names::BUS_NAME,
+        accelgate::names::device_path(device),
+        "org.accelgate.Accel1.Device",
+    )
+    .await?;
+    Ok(FirmwareProperties {
+        active_slot: proxy.get_property("FirmwareActiveSlot").await?,
+        state: proxy.get_property("FirmwareState").await?,
+        last_result: proxy.get_property("FirmwareLastResult").await?,
     })
 }
 
