@@ -260,13 +260,14 @@ async fn run(dirs: &WorkDirs, sizes: &Sizes) -> Fallible<Report> {
 
     if sizes.runs(4) {
         // Daemon B: the standard host with uploads at file speed.
-        eprintln!("[4] Program, unpaced simulator, and dd + sha256sum");
+        eprintln!("[4] Program and Flash, unpaced simulator, and dd + sha256sum");
         let (b, sim_b) = standard("b", true, no_polkit).await?;
         let (len, runs) = (sizes.program_len, sizes.program_runs);
         let rate = throughput::program_rate(&conn, &dirs.tmp, len, runs, 200).await?;
+        let flash = throughput::flash_rate(&conn, &dirs.tmp, len, runs, 300).await?;
         b.stop(&conn).await?;
         let floor = throughput::dd_sha_rate(&dirs.tmp, &sim_b, len, runs)?;
-        throughput::report_unpaced(len, rate, floor, &mut report);
+        throughput::report_unpaced(len, rate, Some(flash), floor, &mut report);
     }
 
     if sizes.runs(5) {
