@@ -267,7 +267,8 @@ async fn run(dirs: &WorkDirs, sizes: &Sizes) -> Fallible<Report> {
         let flash = throughput::flash_rate(&conn, &dirs.tmp, len, runs, 300).await?;
         b.stop(&conn).await?;
         let floor = throughput::dd_sha_rate(&dirs.tmp, &sim_b, len, runs)?;
-        throughput::report_unpaced(len, rate, Some(flash), floor, &mut report);
+        let check = throughput::signature_check_time(&dirs.tmp, len)?.as_secs_f64();
+        throughput::report_unpaced(len, rate, Some(flash), check, floor, &mut report);
     }
 
     if sizes.runs(5) {

@@ -217,6 +217,29 @@ pub fn dd_sha_rate(work: &Path, sim_dir: &Path, len: usize, runs: usize) -> Fall
     Ok(median(&rates))
 }
 
+/// How long checking the minisign signature of `len` bytes takes here (it hashes the whole
+/// image with BLAKE2b; the daemon does this for every Flash).
+pub fn signature_check_time(work: &Path, len: usize) -> Fallible<Duration> {
+    let bytes = firmware_bytes("0.0.0", len, 9);
+    let file = work.join("verify.bin");
+    let signature = write_signed(&file, &bytes)?;
+    let public = std::fs::read_to_string(super::procs::repo_path(
+        "policy/demo-keys/accelgate-demo.pub",
+    ))
+    .map_err(|e| format!("demo public key: {e}"))?;
+    let key = public
+        .lines()
+        .nth(1)
+        .ok_or("demo public key has no key line")?;
+    let key = minisign_verify::PublicKey::from_base64(key.trim()).map_err(|e| e.to_string())?;
+    let signature = minisign_verify::Signature::decode(&String::from_utf8_lossy(&signature))
+        .map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    key.verify(&bytes, &signature, false)
+        .map_err(|e| format!("demo signature does not verify: {e}"))?;
+    Ok(t.elapsed())
+}
+
 /// How long hashing `len` bytes takes here (the simulated device hashes every image it
 /// loads, on the daemon's cores, to set IMAGE_TAG).
 pub fn device_hash_time(len: usize) -> Duration {
@@ -228,7 +251,14 @@ pub fn device_hash_time(len: usize) -> Duration {
 
 /// Rows for Program (`rate`) and Flash with the simulator unpaced against dd + sha256sum
 /// (`floor`).
-pub fn report_unpaced(len: usize, rate: f64, flash: Option<f64>, floor: f64, report: &mut Report) {
+pub fn report_unpaced(
+    len: usize,
+    rate: f64,
+    flash: Option<f64>,
+    signature_check: f64,
+    floor: f64,
+    report: &mut Report,
+) {
     let device_hash = device_hash_time(len).as_secs_f64();
     let program_secs = len as f64 / 1e6 / rate;
     let daemon_only = len as f64 / 1e6 / (program_secs - device_hash);
@@ -281,6 +311,26 @@ pub fn report_unpaced(len: usize, rate: f64, flash: Option<f64>, floor: f64, rep
     }
     if let Some(flash) = flash {
         report.figure("flash_unpaced_mb_s", flash);
+        let ms = |d: f64| d * 1e3;
+        let flash_s = len as f64 / 1e6 / flash;
+        let program_s = len as f64 / 1e6 / rate;
+        report.row(
+            4,
+            "  Flash time; of it: signature check (BLAKE2b); Program's time for the same bytes",
+            format!(
+                "{:.0} ms; {:.0} ms; {:.0} ms",
+                ms(flash_s),
+                ms(signature_check),
+                ms(program_s)
+            ),
+            "",
+            Judgement {
+                ratio: None,
+                target: "",
+                verdict: Verdict::Info,
+            },
+        );
+        report.figure("flash_signature_check_s", signature_check);
     }
     report.figure("program_bytes", len as u64);
     report.figure("program_unpaced_mb_s", rate);
