@@ -5,7 +5,9 @@
 //! returns freed memory on its own only from the top of the heap, so after such a burst most
 //! of it stays resident behind a few long-lived allocations. A periodic `malloc_trim` hands
 //! back the free pages inside the heap as well, as jemalloc's decay does; the daemon then
-//! stays near what it uses. One trim takes well under a millisecond.
+//! stays near what it uses (benches/accelgate.rs, item 5: 30 MiB right after five
+//! GetManagedObjects at 4096 slices, 17.5 MiB two seconds later). It runs on a timer, outside
+//! any request; the benchmark's 64-client read p99 showed no change with it on.
 
 use std::time::Duration;
 
