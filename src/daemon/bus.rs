@@ -402,6 +402,10 @@ pub async fn export_all(daemon: &Arc<Daemon>) {
             },
         )
         .await;
+    // The ObjectManager goes in before the objects it manages: added after them, zbus would
+    // build every object's properties into one map at once to announce them (tens of MB at
+    // 4096 slices); added first, each object is announced as it is added.
+    let _ = server.at(ROOT_PATH, fdo::ObjectManager).await;
     let mut wanted = BTreeSet::new();
     for (d, dev) in daemon.devices() {
         wanted.insert(device_path(&d));
@@ -445,7 +449,6 @@ pub async fn export_all(daemon: &Arc<Daemon>) {
     }
     *exported = wanted;
     drop(exported);
-    let _ = server.at(ROOT_PATH, fdo::ObjectManager).await;
     // A reload may have changed what devices report (policy-derived properties).
     for d in daemon.devices().keys() {
         device_changed(&daemon.conn, d).await;

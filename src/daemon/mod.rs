@@ -12,6 +12,7 @@ pub mod caller;
 pub mod devices;
 pub mod firmware;
 pub mod gatekeeper;
+pub mod heap;
 pub mod hw;
 pub mod image;
 pub mod jobs;
@@ -59,6 +60,8 @@ pub struct Config {
     pub root: PathBuf,
     /// Build a simulated host here and use it as the root.
     pub simulate: Option<PathBuf>,
+    /// What the simulated host contains (only with `simulate`).
+    pub sim_spec: sim::SimSpec,
     pub bus: BusChoice,
     /// A policy file, or a directory with policy.toml and policy.d/.
     pub policy: PathBuf,
@@ -109,7 +112,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     // The emulator plays the kernel; it must outlive the service.
     let (root, _emulator) = match &cfg.simulate {
         Some(dir) => {
-            sim::build(dir, &sim::SimSpec::standard()).map_err(RunError::Simulator)?;
+            sim::build(dir, &cfg.sim_spec).map_err(RunError::Simulator)?;
             let emulator = sim::Emulator::start(dir).map_err(RunError::Simulator)?;
             tracing::info!("simulated hardware under {}", dir.display());
             (dir.clone(), Some(emulator))
@@ -182,6 +185,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     }
     notify_ready();
     tracing::info!("serving {BUS_NAME}");
+    heap::spawn_trimmer(heap::TRIM_PERIOD);
 
     signals.serve(daemon).await;
     Ok(())

@@ -29,6 +29,10 @@ const MIN_STEPS: u64 = 3;
 const MIN_PAUSE: Duration = Duration::from_millis(2);
 /// Flash writes report progress in smaller steps (they are slower).
 const FLASH_MAX_STEP: u64 = 128 << 10;
+/// Set (to anything but `0`) in the environment of the process that starts the emulator to
+/// transfer uploads as fast as the files allow instead of at the simulated speed, so that a
+/// benchmark sees what the daemon costs rather than the simulated hardware's pace.
+pub const UNPACED_ENV: &str = "ACCELGATE_SIM_UNPACED";
 
 /// Running emulator; stopped and joined on Drop.
 pub struct Emulator {
@@ -41,6 +45,8 @@ struct Shared {
     stop: AtomicBool,
     uploads: HashMap<String, Arc<UploadSlot>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    /// Uploads take the time the simulated transfer speed says (see [`UNPACED_ENV`]).
+    paced: bool,
 }
 
 /// Per firmware-upload entry: whether a worker owns it, and a pending cancel request.
@@ -91,6 +97,7 @@ impl Emulator {
             stop: AtomicBool::new(false),
             uploads,
             workers: Mutex::new(Vec::new()),
+            paced: std::env::var_os(UNPACED_ENV).is_none_or(|v| v == "0"),
         });
         let for_thread = Arc::clone(&shared);
         let watcher = std::thread::Builder::new()
@@ -302,10 +309,16 @@ fn upload_steps(
     };
     let steps = len.div_ceil(max_step).max(MIN_STEPS);
     let step = len.div_ceil(steps);
-    let pause = Duration::from_micros(step * 1_000_000 / rate).max(MIN_PAUSE);
+    let pause = if shared.paced {
+        Duration::from_micros(step * 1_000_000 / rate).max(MIN_PAUSE)
+    } else {
+        Duration::ZERO
+    };
     let mut remaining = len;
     while remaining > 0 {
-        std::thread::sleep(pause);
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
         if shared.stop.load(Ordering::Relaxed) {
             return Ok(Outcome::Stopped);
         }

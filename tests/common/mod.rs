@@ -180,21 +180,39 @@ pub struct TestDaemon {
     pub log: PathBuf,
     /// Whether the daemon checks requests with polkit (needs polkitd on the bus).
     pub polkit: bool,
+    /// Further `accelgated` arguments (e.g. `--no-sandbox`).
+    pub extra_args: Vec<String>,
 }
 
 impl TestDaemon {
     /// Starts the daemon with `policy` (a path) on `bus`, simulated hardware and state under
     /// `dir`, and waits until it owns its name. polkit is off (`--no-polkit`).
     pub fn start(bus: &TestBus, dir: &Path, policy: &Path) -> TestDaemon {
-        TestDaemon::start_opts(bus, dir, policy, false)
+        TestDaemon::start_opts(bus, dir, policy, false, &[])
     }
 
     /// Like `start`, with the polkit gate on (see common::polkit for a private polkitd).
     pub fn start_with_polkit(bus: &TestBus, dir: &Path, policy: &Path) -> TestDaemon {
-        TestDaemon::start_opts(bus, dir, policy, true)
+        TestDaemon::start_opts(bus, dir, policy, true, &[])
     }
 
-    fn start_opts(bus: &TestBus, dir: &Path, policy: &Path, polkit: bool) -> TestDaemon {
+    /// Like `start` (polkit off), with further `accelgated` arguments.
+    pub fn start_with_args(
+        bus: &TestBus,
+        dir: &Path,
+        policy: &Path,
+        extra_args: &[&str],
+    ) -> TestDaemon {
+        TestDaemon::start_opts(bus, dir, policy, false, extra_args)
+    }
+
+    fn start_opts(
+        bus: &TestBus,
+        dir: &Path,
+        policy: &Path,
+        polkit: bool,
+        extra_args: &[&str],
+    ) -> TestDaemon {
         let mut d = TestDaemon {
             child: None,
             sim_dir: dir.join("sim"),
@@ -203,6 +221,7 @@ impl TestDaemon {
             address: bus.address.clone(),
             log: dir.join("daemon.log"),
             polkit,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         d.spawn();
         d
@@ -223,6 +242,7 @@ impl TestDaemon {
             .arg("--state-dir")
             .arg(&self.state_dir)
             .args((!self.polkit).then_some("--no-polkit"))
+            .args(&self.extra_args)
             .env("ACCELGATE_LOG", "info")
             .stderr(log)
             .stdout(Stdio::null())
