@@ -239,11 +239,7 @@ impl Daemon {
         let (_, slice) = self.target_slice(auth)?;
         let tenant =
             Tenant::resolve(tenant).map_err(|e| AccelError::InvalidArgument(e.to_string()))?;
-        let _busy = slice
-            .busy
-            .clone()
-            .try_lock_owned()
-            .map_err(|_| self.busy(auth))?;
+        let _busy = self.claim(&slice.busy, auth)?;
         let (d, s) = (
             auth.target.device().unwrap_or_default(),
             auth.target.slice().unwrap_or_default(),
@@ -269,11 +265,7 @@ impl Daemon {
 
     pub async fn release(&self, auth: &Authorized) -> Result<(), AccelError> {
         let (_, slice) = self.target_slice(auth)?;
-        let _busy = slice
-            .busy
-            .clone()
-            .try_lock_owned()
-            .map_err(|_| self.busy(auth))?;
+        let _busy = self.claim(&slice.busy, auth)?;
         let (d, s) = (
             auth.target.device().unwrap_or_default(),
             auth.target.slice().unwrap_or_default(),
@@ -342,11 +334,7 @@ impl Daemon {
             auth.target.slice().unwrap_or_default().to_owned(),
         );
         let path = slice_object_path(&d, &s)?;
-        let busy = slice
-            .busy
-            .clone()
-            .try_lock_owned()
-            .map_err(|_| self.busy(&auth))?;
+        let busy = self.claim(&slice.busy, &auth)?;
         let loaded = self.state().get().slice(&d, &s).image_sha256;
         let already = (loaded.as_deref() == Some(image.sha256.as_str()))
             .then(|| format!("image {} is already loaded", image.sha256));
@@ -489,11 +477,7 @@ impl Daemon {
                 AccelError::InvalidArgument(format!("{d} allows at most {max} VFs, not {count}")),
             ));
         }
-        let _busy = dev
-            .busy
-            .clone()
-            .try_lock_owned()
-            .map_err(|_| self.busy(auth))?;
+        let _busy = self.claim(&dev.busy, auth)?;
         if dev.num_vfs() == count {
             // Still record the wish, so a restart restores it.
             self.update_state(|st| st.device_mut(&d).num_vfs = Some(count))?;
@@ -529,12 +513,7 @@ impl Daemon {
         }
         let mut guards = Vec::new();
         for s in &disrupted {
-            guards.push(
-                s.busy
-                    .clone()
-                    .try_lock_owned()
-                    .map_err(|_| self.busy(auth))?,
-            );
+            guards.push(self.claim(&s.busy, auth)?);
         }
         // VFs that go away lose their assignment; those that are recreated keep it.
         self.update_state(|st| {
@@ -615,11 +594,7 @@ impl Daemon {
                 assigned.join(", ")
             )));
         }
-        let busy = dev
-            .busy
-            .clone()
-            .try_lock_owned()
-            .map_err(|_| self.busy(&auth))?;
+        let busy = self.claim(&dev.busy, &auth)?;
         let path = OwnedObjectPath::try_from(device_path(&d))
             .map_err(|e| AccelError::Failed(e.to_string()))?;
         let loaded = self.state().get().device(&d).personality_sha256;
@@ -693,11 +668,7 @@ impl Daemon {
             )
         })?;
         self.authorize_rest(&auth, Some(&image.sha256)).await?;
-        let busy = dev
-            .busy
-            .clone()
-            .try_lock_owned()
-            .map_err(|_| self.busy(&auth))?;
+        let busy = self.claim(&dev.busy, &auth)?;
         let path = OwnedObjectPath::try_from(device_path(&d))
             .map_err(|e| AccelError::Failed(e.to_string()))?;
         // Idempotent: the image already booting is not written again.
@@ -949,6 +920,15 @@ impl Daemon {
             Target::Slice(d, s) => self.slice(d, s),
             _ => Err(AccelError::Failed("not a slice target".into())),
         }
+    }
+
+    /// Takes the busy lock of a slice or device for the rest of an operation, or says Busy.
+    fn claim(
+        &self,
+        lock: &Arc<tokio::sync::Mutex<()>>,
+        auth: &Authorized,
+    ) -> Result<tokio::sync::OwnedMutexGuard<()>, AccelError> {
+        lock.clone().try_lock_owned().map_err(|_| self.busy(auth))
     }
 
     fn busy(&self, auth: &Authorized) -> AccelError {
