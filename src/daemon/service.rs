@@ -661,7 +661,17 @@ impl Daemon {
         let image = self
             .take_image(&auth, fd, dev.policy.max_image_size)
             .await?;
-        let verified = verify_image(&image.bytes, signature.as_deref(), &fw).map_err(|e| {
+        // Verification hashes the whole image (BLAKE2b): keep it off the runtime's threads.
+        let (image, verified) = {
+            let policy = fw.clone();
+            tokio::task::spawn_blocking(move || {
+                let verified = verify_image(&image.bytes, signature.as_deref(), &policy);
+                (image, verified)
+            })
+            .await
+            .map_err(|e| AccelError::Failed(format!("verification task failed: {e}")))?
+        };
+        let verified = verified.map_err(|e| {
             self.deny_by_limit(
                 &auth,
                 AccelError::VerificationFailed(format!("firmware image for {d} refused: {e}")),
