@@ -50,8 +50,6 @@ pub struct DeviceRt {
     pub sriov: Option<Sriov>,
     /// Declared slices plus the VF slices that exist now.
     pub slices: RwLock<BTreeMap<String, Arc<SliceRt>>>,
-    /// Held by device-wide operations (SetVfCount, Configure, Flash): one at a time.
-    pub busy: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A slice as the daemon serves it.
@@ -65,8 +63,6 @@ pub struct SliceRt {
     /// The BAR resource file of a VF slice, handed out by Map. `None` for windows in a shared
     /// BAR, which are only ever proxied through Read/Write.
     pub mappable_resource: Option<PathBuf>,
-    /// Held by slice operations that take time or must not interleave (Program, Release).
-    pub busy: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SliceRt {
@@ -113,7 +109,6 @@ impl DeviceRt {
             pci,
             sriov,
             slices: RwLock::new(slices),
-            busy: Arc::new(tokio::sync::Mutex::new(())),
         };
         dev.refresh_vf_slices()?;
         Ok(dev)
@@ -200,7 +195,6 @@ impl DeviceRt {
                     writable,
                     loader: None,
                     mappable_resource: Some(resource),
-                    busy: Arc::new(tokio::sync::Mutex::new(())),
                 }),
             );
             added.push(id);
@@ -242,7 +236,6 @@ fn open_declared_slice(
         writable: sp.writable.clone(),
         loader: sp.loader.clone(),
         mappable_resource: None,
-        busy: Arc::new(tokio::sync::Mutex::new(())),
     })
 }
 

@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod authz;
 pub mod bus;
+pub mod busy;
 pub mod caller;
 pub mod devices;
 pub mod firmware;

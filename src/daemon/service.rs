@@ -71,6 +71,8 @@ pub struct Daemon {
     pub audit: AuditLog,
     pub(super) gates: Vec<Box<dyn authz::Gate>>,
     jobs: Jobs,
+    /// Devices and slices with an operation running.
+    busy_locks: super::busy::BusyLocks,
     /// Object paths of the devices and slices on the bus now.
     pub exported: tokio::sync::Mutex<std::collections::BTreeSet<String>>,
 }
@@ -109,6 +111,7 @@ impl Daemon {
             callers,
             audit,
             gates,
+            busy_locks: Default::default(),
             exported: Default::default(),
         });
         daemon.restore_vf_counts().await;
@@ -236,10 +239,10 @@ impl Daemon {
     }
 
     pub async fn assign(&self, auth: &Authorized, tenant: &str) -> Result<(), AccelError> {
-        let (_, slice) = self.target_slice(auth)?;
+        self.target_slice(auth)?;
         let tenant =
             Tenant::resolve(tenant).map_err(|e| AccelError::InvalidArgument(e.to_string()))?;
-        let _busy = self.claim(&slice.busy, auth)?;
+        let _busy = self.claim(&auth.target, auth)?;
         let (d, s) = (
             auth.target.device().unwrap_or_default(),
             auth.target.slice().unwrap_or_default(),
@@ -265,7 +268,7 @@ impl Daemon {
 
     pub async fn release(&self, auth: &Authorized) -> Result<(), AccelError> {
         let (_, slice) = self.target_slice(auth)?;
-        let _busy = self.claim(&slice.busy, auth)?;
+        let _busy = self.claim(&auth.target, auth)?;
         let (d, s) = (
             auth.target.device().unwrap_or_default(),
             auth.target.slice().unwrap_or_default(),
@@ -334,7 +337,7 @@ impl Daemon {
             auth.target.slice().unwrap_or_default().to_owned(),
         );
         let path = slice_object_path(&d, &s)?;
-        let busy = self.claim(&slice.busy, &auth)?;
+        let busy = self.claim(&auth.target, &auth)?;
         let loaded = self.state().get().slice(&d, &s).image_sha256;
         let already = (loaded.as_deref() == Some(image.sha256.as_str()))
             .then(|| format!("image {} is already loaded", image.sha256));
@@ -477,7 +480,7 @@ impl Daemon {
                 AccelError::InvalidArgument(format!("{d} allows at most {max} VFs, not {count}")),
             ));
         }
-        let _busy = self.claim(&dev.busy, auth)?;
+        let _busy = self.claim(&auth.target, auth)?;
         if dev.num_vfs() == count {
             // Still record the wish, so a restart restores it.
             self.update_state(|st| st.device_mut(&d).num_vfs = Some(count))?;
@@ -513,7 +516,7 @@ impl Daemon {
         }
         let mut guards = Vec::new();
         for s in &disrupted {
-            guards.push(self.claim(&s.busy, auth)?);
+            guards.push(self.claim(&Target::Slice(d.clone(), s.id.clone()), auth)?);
         }
         // VFs that go away lose their assignment; those that are recreated keep it.
         self.update_state(|st| {
@@ -594,7 +597,7 @@ impl Daemon {
                 assigned.join(", ")
             )));
         }
-        let busy = self.claim(&dev.busy, &auth)?;
+        let busy = self.claim(&auth.target, &auth)?;
         let path = OwnedObjectPath::try_from(device_path(&d))
             .map_err(|e| AccelError::Failed(e.to_string()))?;
         let loaded = self.state().get().device(&d).personality_sha256;
@@ -678,7 +681,7 @@ impl Daemon {
             )
         })?;
         self.authorize_rest(&auth, Some(&image.sha256)).await?;
-        let busy = self.claim(&dev.busy, &auth)?;
+        let busy = self.claim(&auth.target, &auth)?;
         let path = OwnedObjectPath::try_from(device_path(&d))
             .map_err(|e| AccelError::Failed(e.to_string()))?;
         // Idempotent: the image already booting is not written again.
@@ -935,10 +938,12 @@ impl Daemon {
     /// Takes the busy lock of a slice or device for the rest of an operation, or says Busy.
     fn claim(
         &self,
-        lock: &Arc<tokio::sync::Mutex<()>>,
+        target: &Target,
         auth: &Authorized,
     ) -> Result<tokio::sync::OwnedMutexGuard<()>, AccelError> {
-        lock.clone().try_lock_owned().map_err(|_| self.busy(auth))
+        self.busy_locks
+            .try_claim(&target.to_string())
+            .ok_or_else(|| self.busy(auth))
     }
 
     fn busy(&self, auth: &Authorized) -> AccelError {

@@ -2,9 +2,7 @@
 //! slot, read it back, then switch atomically (the point of no return), and record the end.
 //! Also what start-up does with a record a dead daemon left behind.
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 
 use super::backend::{BackendError, FirmwareBackend};
 use super::record::{FirmwareRecords, FlashRecord, LastResult, Outcome, Phase};
@@ -32,8 +30,8 @@ pub struct FlashRequest<'a> {
     pub started_by_uid: u32,
 }
 
-/// Runs a flash to the end. Blocking. `progress` gets 0..=1; `cancel` is honoured until the
-/// switch. The returned message says what happened, including a cancel that came too late.
+/// Runs a flash to the end. Blocking. The caller holds the device's busy lock (one operation
+/// per device). `progress` gets 0..=1; `cancel` is honoured until the switch. The returned message says what happened, including a cancel that came too late.
 pub fn run_flash(
     backend: &dyn FirmwareBackend,
     records: &FirmwareRecords,
@@ -42,11 +40,6 @@ pub fn run_flash(
     cancel: &AtomicBool,
 ) -> Result<String, FlashError> {
     let FlashRequest { device, sha256, .. } = *request;
-    let Some(_flashing) = FlashingGuard::acquire(device) else {
-        return Err(FlashError::Busy(format!(
-            "another flash of {device} is running"
-        )));
-    };
     let status = backend
         .status()
         .map_err(|e| FlashError::Failed(e.to_string()))?;
@@ -157,30 +150,6 @@ pub fn run_flash(
     Ok(end(Outcome::Succeeded, message))
 }
 
-/// Devices with a flash running in this process. The daemon's per-device busy lock already
-/// serializes operations; this also holds across a policy reload, which gives a device whose
-/// policy changed a fresh runtime (and lock) while its old flash may still run.
-static FLASHING: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
-
-struct FlashingGuard(String);
-
-impl FlashingGuard {
-    fn acquire(device: &str) -> Option<FlashingGuard> {
-        let mut set = FLASHING.lock().unwrap_or_else(|p| p.into_inner());
-        set.insert(device.to_owned())
-            .then(|| FlashingGuard(device.to_owned()))
-    }
-}
-
-impl Drop for FlashingGuard {
-    fn drop(&mut self) {
-        FLASHING
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.0);
-    }
-}
-
 fn cancel_is(cancel: &AtomicBool) -> bool {
     cancel.load(Ordering::SeqCst)
 }
@@ -256,6 +225,7 @@ mod tests {
     use super::*;
     use crate::daemon::firmware::slot::{FirmwareStatus, Slot, SlotInfo};
     use crate::daemon::image::sha256_hex;
+    use std::sync::Mutex;
 
     /// A backend that logs calls, can fail verification, and can raise `cancel` when a given
     /// step starts (to place a cancel request exactly).
@@ -426,15 +396,6 @@ mod tests {
             );
         }
         std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn one_flash_per_device_in_the_process() {
-        let guard = FlashingGuard::acquire("busy-dev").unwrap();
-        assert!(FlashingGuard::acquire("busy-dev").is_none());
-        assert!(FlashingGuard::acquire("other-dev").is_some());
-        drop(guard);
-        assert!(FlashingGuard::acquire("busy-dev").is_some());
     }
 
     #[test]
