@@ -1,0 +1,256 @@
+//! The runtime model of devices and slices: policy joined with the hardware it names.
+//!
+//! Opening a device maps each declared slice's window once, at start or reload, so a request
+//! never opens files: it finds its `SliceRt` and touches only that window.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use accelgate_policy::{DevicePolicy, LoaderSpec, SliceKind, SlicePolicy};
+use accelgate_proto::names::vf_slice_id;
+
+use accelgate_hw::{HwRoot, PciBdf, PciFunction, SliceWindow, Sriov};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("device {device}: PCI function {pci} is not usable")]
+    Pci {
+        device: String,
+        pci: String,
+        #[source]
+        source: accelgate_hw::PciError,
+    },
+    #[error("device {device}: SR-IOV is not usable")]
+    Sriov {
+        device: String,
+        #[source]
+        source: accelgate_hw::SriovError,
+    },
+    #[error("slice {device}/{slice}: BAR {bar} is not a memory BAR")]
+    NotMemoryBar {
+        device: String,
+        slice: String,
+        bar: u8,
+    },
+    #[error("slice {device}/{slice}: window does not fit BAR {bar}")]
+    Window {
+        device: String,
+        slice: String,
+        bar: u8,
+        #[source]
+        source: accelgate_hw::WindowError,
+    },
+}
+
+/// A device as the daemon serves it.
+pub struct DeviceRt {
+    pub policy: DevicePolicy,
+    pub pci: PciFunction,
+    pub sriov: Option<Sriov>,
+    /// Declared slices plus the VF slices that exist now.
+    pub slices: RwLock<BTreeMap<String, Arc<SliceRt>>>,
+}
+
+/// A slice as the daemon serves it.
+pub struct SliceRt {
+    pub id: String,
+    pub kind: SliceKind,
+    pub window: SliceWindow,
+    /// `[start, end)` in the window, sorted and non-overlapping.
+    pub writable: Vec<(u64, u64)>,
+    pub loader: Option<LoaderSpec>,
+    /// The BAR resource file of a VF slice, handed out by Map. `None` for windows in a shared
+    /// BAR, which are only ever proxied through Read/Write.
+    pub mappable_resource: Option<PathBuf>,
+}
+
+impl SliceRt {
+    /// Whether `[start, end)` lies inside the union of the writable ranges.
+    pub fn may_write(&self, start: u64, end: u64) -> bool {
+        let mut pos = start;
+        for &(s, e) in &self.writable {
+            if s <= pos && pos < e {
+                pos = e;
+            }
+            if pos >= end {
+                return true;
+            }
+        }
+        start == end
+    }
+}
+
+impl DeviceRt {
+    /// Opens a device of the policy on the hardware: its PCI function, declared slice windows,
+    /// SR-IOV control, and the VF slices that exist now.
+    pub fn open(hw: &HwRoot, policy: &DevicePolicy) -> Result<DeviceRt, DeviceError> {
+        let pci = PciBdf::parse(&policy.pci)
+            .and_then(|bdf| PciFunction::open(hw, &bdf))
+            .map_err(|source| DeviceError::Pci {
+                device: policy.id.clone(),
+                pci: policy.pci.clone(),
+                source,
+            })?;
+        let mut slices = BTreeMap::new();
+        for sp in &policy.slices {
+            slices.insert(
+                sp.id.clone(),
+                Arc::new(open_declared_slice(&policy.id, &pci, sp)?),
+            );
+        }
+        let sriov = match &policy.vfs {
+            Some(_) => Some(Sriov::new(&pci).map_err(|source| DeviceError::Sriov {
+                device: policy.id.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        let dev = DeviceRt {
+            policy: policy.clone(),
+            pci,
+            sriov,
+            slices: RwLock::new(slices),
+        };
+        dev.refresh_vf_slices()?;
+        Ok(dev)
+    }
+
+    pub fn slice(&self, id: &str) -> Option<Arc<SliceRt>> {
+        self.slices_read().get(id).cloned()
+    }
+
+    pub fn slice_ids(&self) -> Vec<String> {
+        self.slices_read().keys().cloned().collect()
+    }
+
+    pub fn slices_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<SliceRt>>> {
+        self.slices.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Current VF count of the hardware (0 without SR-IOV).
+    pub fn num_vfs(&self) -> u32 {
+        self.sriov
+            .as_ref()
+            .and_then(|s| s.num_vfs().ok())
+            .unwrap_or(0)
+    }
+
+    /// VFs the policy lets the daemon create: the smaller of the policy's max and the hardware's.
+    pub fn max_vfs(&self) -> u32 {
+        let hw = self
+            .sriov
+            .as_ref()
+            .and_then(|s| s.total_vfs().ok())
+            .unwrap_or(0);
+        self.policy.vfs.as_ref().map_or(0, |v| v.max.min(hw))
+    }
+
+    /// Makes the VF slices match the VFs the hardware has now (up to the policy's max). Returns
+    /// the ids of slices added and removed.
+    pub fn refresh_vf_slices(&self) -> Result<(Vec<String>, Vec<String>), DeviceError> {
+        let (Some(sriov), Some(vfp)) = (&self.sriov, &self.policy.vfs) else {
+            return Ok((vec![], vec![]));
+        };
+        let err = |source| DeviceError::Sriov {
+            device: self.policy.id.clone(),
+            source,
+        };
+        let present = sriov.num_vfs().map_err(err)?.min(vfp.max);
+        let mut slices = self.slices.write().unwrap_or_else(|p| p.into_inner());
+        let mut removed = vec![];
+        slices.retain(|id, s| {
+            let keep = s.kind != SliceKind::Vf || vf_index(id).is_some_and(|i| i < present);
+            if !keep {
+                removed.push(id.clone());
+            }
+            keep
+        });
+        let mut added = vec![];
+        for i in 0..present {
+            let id = vf_slice_id(i);
+            if slices.contains_key(&id) {
+                continue;
+            }
+            let vf = sriov.vf(i).map_err(err)?;
+            let bar = vf.bar(vfp.bar).map_err(|source| DeviceError::Pci {
+                device: self.policy.id.clone(),
+                pci: vf.bdf.to_string(),
+                source,
+            })?;
+            let resource = vf.resource_path(vfp.bar);
+            let window = SliceWindow::open(&resource, 0, bar.size).map_err(|source| {
+                DeviceError::Window {
+                    device: self.policy.id.clone(),
+                    slice: id.clone(),
+                    bar: vfp.bar,
+                    source,
+                }
+            })?;
+            let writable = vfp.writable.clone().unwrap_or_else(|| vec![(0, bar.size)]);
+            slices.insert(
+                id.clone(),
+                Arc::new(SliceRt {
+                    id: id.clone(),
+                    kind: SliceKind::Vf,
+                    window,
+                    writable,
+                    loader: None,
+                    mappable_resource: Some(resource),
+                }),
+            );
+            added.push(id);
+        }
+        Ok((added, removed))
+    }
+}
+
+fn open_declared_slice(
+    device: &str,
+    pci: &PciFunction,
+    sp: &SlicePolicy,
+) -> Result<SliceRt, DeviceError> {
+    let bar = pci.bar(sp.bar).map_err(|source| DeviceError::Pci {
+        device: device.to_owned(),
+        pci: pci.bdf.to_string(),
+        source,
+    })?;
+    if !bar.is_memory {
+        return Err(DeviceError::NotMemoryBar {
+            device: device.to_owned(),
+            slice: sp.id.clone(),
+            bar: sp.bar,
+        });
+    }
+    let window =
+        SliceWindow::open(&pci.resource_path(sp.bar), sp.offset, sp.size).map_err(|source| {
+            DeviceError::Window {
+                device: device.to_owned(),
+                slice: sp.id.clone(),
+                bar: sp.bar,
+                source,
+            }
+        })?;
+    Ok(SliceRt {
+        id: sp.id.clone(),
+        kind: sp.kind,
+        window,
+        writable: sp.writable.clone(),
+        loader: sp.loader.clone(),
+        mappable_resource: None,
+    })
+}
+
+/// `vf12` -> 12.
+pub fn vf_index(id: &str) -> Option<u32> {
+    id.strip_prefix("vf")?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn vf_index_parses_only_vf_ids() {
+        assert_eq!(super::vf_index("vf12"), Some(12));
+        assert_eq!(super::vf_index("region0"), None);
+    }
+}

@@ -1,0 +1,1016 @@
+//! The engine: the device model and the operations. Every operation names its own
+//! `Operation`, passes the gatekeeper (no path can act without an `Authorized`), and announces
+//! what it changed as events.
+
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use accelgate_hw::{FwUpload, HwRoot, Width};
+use accelgate_policy::{FirmwarePolicy, LoaderSpec, RolePolicy, SliceKind};
+use accelgate_proto::Operation;
+
+use super::audit::AuditLog;
+use super::authz::{Gate, Target};
+use super::devices::{vf_index, DeviceRt, SliceRt};
+use super::error::{error_chain, CoreError};
+use super::events::{Event, EventSink};
+use super::firmware::{
+    image_version, open_backend, recover_interrupted, run_flash, verify_image, FirmwareRecords,
+    FlashError, FlashRequest,
+};
+use super::gatekeeper::{Authorized, Decision, Request, RoleChecked};
+use super::image::{read_image, Image};
+use super::jobs::{Job, JobHandle, JobId, Jobs};
+use super::state::StateStore;
+use super::tenant::Tenant;
+
+/// Size of the all-zero image that blanks a region when it is released (the simulated regions,
+/// like partial-reconfiguration regions loaded with a blank bitstream, read it as "empty").
+const BLANK_IMAGE_SIZE: usize = 4096;
+/// Longest an image upload may take before it is reported failed.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(600);
+/// Longest the kernel may take to create or remove VFs.
+const SRIOV_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The firmware properties of a device.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FirmwareInfo {
+    /// Version of the firmware that boots.
+    pub version: String,
+    /// `a` or `b`.
+    pub active_slot: String,
+    /// `idle`, `flashing`, or `error: ...` when the device's state cannot be read.
+    pub state: String,
+    /// `<outcome>: <message>` of the last flash (outcome succeeded, failed, cancelled,
+    /// interrupted); empty if there was none.
+    pub last_result: String,
+}
+
+/// What the engine is built from.
+pub struct EngineParts {
+    pub hw: HwRoot,
+    /// The policy file or directory, re-read on reload.
+    pub policy_path: PathBuf,
+    pub policy: RolePolicy,
+    pub state: StateStore,
+    pub audit: AuditLog,
+    /// Gates after role policy and caller capabilities, in order (polkit).
+    pub gates: Vec<Box<dyn Gate>>,
+    pub events: Arc<dyn EventSink>,
+}
+
+/// The engine.
+pub struct Engine {
+    hw: HwRoot,
+    policy_path: PathBuf,
+    policy: RwLock<Arc<RolePolicy>>,
+    devices: RwLock<BTreeMap<String, Arc<DeviceRt>>>,
+    state: Mutex<StateStore>,
+    audit: AuditLog,
+    gates: Vec<Box<dyn Gate>>,
+    jobs: Arc<Jobs>,
+    events: Arc<dyn EventSink>,
+    /// Devices and slices with an operation running.
+    busy_locks: super::busy::BusyLocks,
+}
+
+impl Engine {
+    /// Builds the engine: opens the devices the policy names, restores VF counts, and repairs
+    /// what a crash left in flux.
+    pub async fn new(parts: EngineParts) -> Arc<Engine> {
+        let devices = open_devices(&parts.hw, &parts.policy);
+        let engine = Arc::new(Engine {
+            jobs: Arc::new(Jobs::new(parts.events.clone())),
+            events: parts.events,
+            hw: parts.hw,
+            policy_path: parts.policy_path,
+            policy: RwLock::new(Arc::new(parts.policy)),
+            devices: RwLock::new(devices),
+            state: Mutex::new(parts.state),
+            audit: parts.audit,
+            gates: parts.gates,
+            busy_locks: Default::default(),
+        });
+        engine.restore_vf_counts().await;
+        engine.recover_in_flux().await;
+        engine.recover_firmware().await;
+        engine
+    }
+
+    pub fn hw(&self) -> &HwRoot {
+        &self.hw
+    }
+
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    pub(super) fn gates(&self) -> &[Box<dyn Gate>] {
+        &self.gates
+    }
+
+    fn emit(&self, event: Event) {
+        self.events.emit(event);
+    }
+
+    fn slice_changed(&self, d: &str, s: &str) {
+        self.emit(Event::SliceChanged {
+            device: d.to_owned(),
+            slice: s.to_owned(),
+        });
+    }
+
+    fn device_changed(&self, d: &str) {
+        self.emit(Event::DeviceChanged {
+            device: d.to_owned(),
+        });
+    }
+
+    /// The newest `max` audit records, oldest first (admins: `policy.reload`).
+    pub async fn audit_log(&self, req: &Request, max: u32) -> Result<Vec<String>, CoreError> {
+        self.authorize(req, Operation::PolicyReload, Target::Manager)
+            .await?;
+        Ok(self.audit.recent(max as usize))
+    }
+
+    /// Asks a job to stop; allowed to whoever may start the job's operation on its target.
+    pub async fn cancel_job(&self, req: &Request, job: &Job) -> Result<(), CoreError> {
+        self.authorize_job_cancel(req, job).await?;
+        job.request_cancel()
+    }
+
+    /// A job by number.
+    pub fn job(&self, id: JobId) -> Option<Arc<Job>> {
+        self.jobs.get(id)
+    }
+
+    /// The tenant a slice is assigned to, if any.
+    pub fn slice_tenant(&self, d: &str, s: &str) -> Option<Tenant> {
+        self.state().get().slice(d, s).tenant
+    }
+
+    /// The image loaded in a slice, if any (hex SHA-256).
+    pub fn slice_image(&self, d: &str, s: &str) -> Option<String> {
+        self.state().get().slice(d, s).image_sha256
+    }
+
+    /// The personality loaded on a device, if any (hex SHA-256).
+    pub fn device_personality(&self, d: &str) -> Option<String> {
+        self.state().get().device(d).personality_sha256
+    }
+
+    pub fn policy(&self) -> Arc<RolePolicy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn devices(&self) -> BTreeMap<String, Arc<DeviceRt>> {
+        self.devices
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn device(&self, id: &str) -> Result<Arc<DeviceRt>, CoreError> {
+        self.devices
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| CoreError::NotFound(format!("no device {id}")))
+    }
+
+    fn slice(&self, device: &str, slice: &str) -> Result<(Arc<DeviceRt>, Arc<SliceRt>), CoreError> {
+        let dev = self.device(device)?;
+        let s = dev
+            .slice(slice)
+            .ok_or_else(|| CoreError::NotFound(format!("no slice {device}/{slice}")))?;
+        Ok((dev, s))
+    }
+
+    fn state(&self) -> MutexGuard<'_, StateStore> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Persists a change of state; a failure changes nothing and is reported as Failed.
+    fn update_state<R>(
+        &self,
+        change: impl FnOnce(&mut super::state::PersistentState) -> R,
+    ) -> Result<R, CoreError> {
+        self.state().update(change).map_err(|e| {
+            let e = CoreError::State(e);
+            tracing::error!("{}", error_chain(&e));
+            e
+        })
+    }
+
+    // ---------------------------------------------------------------- slice operations
+
+    pub async fn read(
+        &self,
+        req: &Request,
+        target: Target,
+        offset: u64,
+        count: u32,
+        width: u8,
+    ) -> Result<Vec<u64>, CoreError> {
+        let auth = self.authorize(req, Operation::SliceRead, target).await?;
+        let (_, slice) = self.target_slice(&auth)?;
+        let width = Width::try_from(width).map_err(|e| self.deny_by_limit(&auth, e.into()))?;
+        slice
+            .window
+            .read(offset, count, width)
+            .map_err(|e| self.deny_by_limit(&auth, e.into()))
+    }
+
+    pub async fn write(
+        &self,
+        req: &Request,
+        target: Target,
+        offset: u64,
+        values: &[u64],
+        width: u8,
+    ) -> Result<(), CoreError> {
+        let auth = self.authorize(req, Operation::SliceWrite, target).await?;
+        let auth = &auth;
+        let (_, slice) = self.target_slice(auth)?;
+        let width = Width::try_from(width).map_err(|e| self.deny_by_limit(auth, e.into()))?;
+        let len = (values.len() as u64).checked_mul(width.bytes());
+        let end = len.and_then(|l| offset.checked_add(l));
+        match end {
+            Some(end) if end <= slice.window.size() && !slice.may_write(offset, end) => {
+                return Err(self.deny_by_limit(
+                    auth,
+                    CoreError::InvalidArgument(format!(
+                        "bytes {offset:#x}..{end:#x} of {} are not all inside its writable ranges",
+                        auth.target()
+                    )),
+                ));
+            }
+            // Out-of-window and overflow cases get the window's own precise error below.
+            _ => {}
+        }
+        slice
+            .window
+            .write(offset, values, width)
+            .map_err(|e| self.deny_by_limit(auth, e.into()))
+    }
+
+    pub async fn map(&self, req: &Request, target: Target) -> Result<OwnedFd, CoreError> {
+        let auth = self.authorize(req, Operation::SliceMap, target).await?;
+        let auth = &auth;
+        let (_, slice) = self.target_slice(auth)?;
+        let Some(resource) = &slice.mappable_resource else {
+            return Err(self.deny_by_limit(
+                auth,
+                CoreError::InvalidArgument(format!(
+                    "{} is a window inside a shared BAR and cannot be mapped; use Read and Write",
+                    auth.target()
+                )),
+            ));
+        };
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(resource)
+            .map(OwnedFd::from)
+            .map_err(|e| {
+                CoreError::Failed(format!("cannot open the BAR of {}: {e}", auth.target()))
+            })
+    }
+
+    pub async fn assign(
+        &self,
+        req: &Request,
+        target: Target,
+        tenant: &str,
+    ) -> Result<(), CoreError> {
+        let auth = self.authorize(req, Operation::SliceAssign, target).await?;
+        let auth = &auth;
+        self.target_slice(auth)?;
+        let tenant =
+            Tenant::resolve(tenant).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
+        let _busy = self.claim(auth.target(), auth)?;
+        let (d, s) = (
+            auth.target().device().unwrap_or_default(),
+            auth.target().slice().unwrap_or_default(),
+        );
+        let changed = self.update_state(|st| {
+            let entry = st.slice_mut(d, s);
+            match &entry.tenant {
+                Some(t) if *t == tenant => Ok(false),
+                Some(t) => Err(CoreError::Busy(format!(
+                    "{d}/{s} is assigned to {t}; release it before assigning it to someone else"
+                ))),
+                None => {
+                    entry.tenant = Some(tenant.clone());
+                    Ok(true)
+                }
+            }
+        })??;
+        if changed {
+            self.slice_changed(d, s);
+        }
+        Ok(())
+    }
+
+    pub async fn release(&self, req: &Request, target: Target) -> Result<(), CoreError> {
+        let auth = self.authorize(req, Operation::SliceAssign, target).await?;
+        let auth = &auth;
+        let (_, slice) = self.target_slice(auth)?;
+        let _busy = self.claim(auth.target(), auth)?;
+        let (d, s) = (
+            auth.target().device().unwrap_or_default(),
+            auth.target().slice().unwrap_or_default(),
+        );
+        if self.state().get().slice(d, s).tenant.is_none() {
+            return Ok(());
+        }
+        self.scrub(d, s, &slice).await?;
+        self.update_state(|st| st.slice_mut(d, s).tenant = None)?;
+        self.slice_changed(d, s);
+        Ok(())
+    }
+
+    /// Makes a slice safe for the next tenant: writable registers zeroed, image unloaded. The
+    /// image is marked in flux first, so a crash half-way is finished on the next start.
+    async fn scrub(&self, d: &str, s: &str, slice: &Arc<SliceRt>) -> Result<(), CoreError> {
+        for &(start, end) in &slice.writable {
+            slice
+                .window
+                .zero(start, end)
+                .map_err(|e| CoreError::Failed(format!("scrubbing {d}/{s}: {e}")))?;
+        }
+        let had_image = {
+            let st = self.state();
+            let ss = st.get().slice(d, s);
+            ss.image_sha256.is_some() || ss.image_in_flux
+        };
+        if let (Some(loader), true) = (&slice.loader, had_image) {
+            self.update_state(|st| {
+                let e = st.slice_mut(d, s);
+                e.image_sha256 = None;
+                e.image_in_flux = true;
+            })?;
+            let blank = vec![0u8; BLANK_IMAGE_SIZE];
+            self.upload(loader, Arc::new(blank), None).await?;
+            self.update_state(|st| st.slice_mut(d, s).image_in_flux = false)?;
+        }
+        Ok(())
+    }
+
+    pub async fn program(
+        self: &Arc<Self>,
+        req: &Request,
+        target: Target,
+        fd: OwnedFd,
+    ) -> Result<JobId, CoreError> {
+        let checked = self.authorize_role(req, Operation::SliceProgram, target)?;
+        let (_, slice) = self.target_slice(&checked)?;
+        let Some(loader) = slice.loader.clone() else {
+            return Err(self.deny_by_limit(
+                &checked,
+                CoreError::InvalidArgument(format!(
+                    "{} has no image loader; only regions can be programmed",
+                    checked.target()
+                )),
+            ));
+        };
+        let limit = self
+            .device(checked.target().device().unwrap_or_default())?
+            .policy
+            .max_image_size;
+        let image = self.take_image(&checked, fd, limit).await?;
+        let auth = self.authorize_rest(checked, Some(&image.sha256)).await?;
+        let (d, s) = (
+            auth.target().device().unwrap_or_default().to_owned(),
+            auth.target().slice().unwrap_or_default().to_owned(),
+        );
+        let busy = self.claim(auth.target(), &auth)?;
+        let loaded = self.state().get().slice(&d, &s).image_sha256;
+        let already = (loaded.as_deref() == Some(image.sha256.as_str()))
+            .then(|| format!("image {} is already loaded", image.sha256));
+        let daemon = self.clone();
+        self.spawn_job(&auth, busy, already, move |job| async move {
+            daemon.load_slice_image(&d, &s, &loader, image, &job).await
+        })
+    }
+
+    /// Starts a job and runs `work` for it in the background, holding `busy` until it ends.
+    /// With `already` (the request is a repeat of what is in effect), the job ends at once
+    /// with that message: retries by orchestrators stay cheap and uniform.
+    fn spawn_job<W, Fut>(
+        self: &Arc<Self>,
+        auth: &Authorized,
+        busy: tokio::sync::OwnedMutexGuard<()>,
+        already: Option<String>,
+        work: W,
+    ) -> Result<JobId, CoreError>
+    where
+        W: FnOnce(JobHandle) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<String, CoreError>> + Send + 'static,
+    {
+        let job = self
+            .jobs
+            .start(auth.operation(), auth.target().clone(), auth.caller().uid)?;
+        let id = job.id();
+        if let Some(message) = already {
+            job.finish(Ok(message));
+            return Ok(id);
+        }
+        tokio::spawn(async move {
+            let _busy = busy;
+            let result = work(job.clone()).await;
+            job.finish(result);
+        });
+        Ok(id)
+    }
+
+    async fn load_slice_image(
+        &self,
+        d: &str,
+        s: &str,
+        loader: &LoaderSpec,
+        image: Image,
+        job: &JobHandle,
+    ) -> Result<String, CoreError> {
+        self.update_state(|st| {
+            let e = st.slice_mut(d, s);
+            e.image_sha256 = None;
+            e.image_in_flux = true;
+        })?;
+        self.slice_changed(d, s);
+        let sha = image.sha256.clone();
+        let result = self.upload(loader, Arc::new(image.bytes), Some(job)).await;
+        // Whatever happened, the hardware is in a known state again: loaded, or not loaded.
+        let loaded = result.is_ok();
+        self.update_state(|st| {
+            let e = st.slice_mut(d, s);
+            e.image_in_flux = false;
+            e.image_sha256 = loaded.then(|| sha.clone());
+        })?;
+        self.slice_changed(d, s);
+        result.map(|()| format!("loaded image {sha} into {d}/{s}"))
+    }
+
+    /// Uploads bytes through a loader on a blocking thread, forwarding progress to the job and
+    /// the job's cancel request to the loader.
+    async fn upload(
+        &self,
+        loader: &LoaderSpec,
+        bytes: Arc<Vec<u8>>,
+        job: Option<&JobHandle>,
+    ) -> Result<(), CoreError> {
+        let fw = FwUpload::open(&self.hw, &loader.name).map_err(|source| CoreError::Upload {
+            loader: loader.name.clone(),
+            source,
+        })?;
+        let cancel = job
+            .map(|j| j.cancel_flag())
+            .unwrap_or_else(|| Arc::new(AtomicBool::new(false)));
+        let (tx, mut rx) = tokio::sync::watch::channel(0.0f64);
+        let work = tokio::task::spawn_blocking(move || {
+            let mut report = |p: f64| {
+                let _ = tx.send(p);
+            };
+            fw.upload(&bytes, &mut report, &cancel, UPLOAD_TIMEOUT)
+        });
+        if let Some(job) = job {
+            while rx.changed().await.is_ok() {
+                let p = *rx.borrow_and_update();
+                job.set_progress(p);
+            }
+        }
+        match work.await {
+            Ok(result) => result.map_err(|source| CoreError::Upload {
+                loader: loader.name.clone(),
+                source,
+            }),
+            Err(e) => Err(CoreError::Task(e)),
+        }
+    }
+
+    // ---------------------------------------------------------------- device operations
+
+    pub async fn set_vf_count(
+        &self,
+        req: &Request,
+        target: Target,
+        count: u32,
+        force: bool,
+    ) -> Result<(), CoreError> {
+        let auth = self
+            .authorize(req, Operation::DeviceConfigure, target)
+            .await?;
+        let auth = &auth;
+        let d = auth.target().device().unwrap_or_default().to_owned();
+        let dev = self.device(&d)?;
+        if dev.sriov.is_none() || dev.policy.vfs.is_none() {
+            return Err(self.deny_by_limit(
+                auth,
+                CoreError::InvalidArgument(format!("{d} has no SR-IOV VFs to configure")),
+            ));
+        }
+        let max = dev.max_vfs();
+        if count > max {
+            return Err(self.deny_by_limit(
+                auth,
+                CoreError::InvalidArgument(format!("{d} allows at most {max} VFs, not {count}")),
+            ));
+        }
+        let _busy = self.claim(auth.target(), auth)?;
+        if dev.num_vfs() == count {
+            // Still record the wish, so a restart restores it.
+            self.update_state(|st| st.device_mut(&d).num_vfs = Some(count))?;
+            return Ok(());
+        }
+        // The kernel only changes a non-zero VF count by going through zero, so then every VF
+        // is destroyed and recreated; otherwise only those at or past the new count go. VFs
+        // that would be disrupted must not be in use, unless the operator says so.
+        let current = dev.num_vfs();
+        let disrupted: Vec<Arc<SliceRt>> = dev
+            .slices_read()
+            .values()
+            .filter(|s| s.kind == SliceKind::Vf)
+            .filter(|s| (current > 0 && count > 0) || vf_index(&s.id).is_some_and(|i| i >= count))
+            .cloned()
+            .collect();
+        let assigned: Vec<String> = {
+            let st = self.state();
+            disrupted
+                .iter()
+                .filter(|s| st.get().slice(&d, &s.id).tenant.is_some())
+                .map(|s| s.id.clone())
+                .collect()
+        };
+        if !assigned.is_empty() && !force {
+            return Err(CoreError::Busy(format!(
+                "VFs {} of {d} are assigned and would be recreated or removed; release them or pass force",
+                assigned.join(", ")
+            )));
+        }
+        let mut guards = Vec::new();
+        for s in &disrupted {
+            guards.push(self.claim(&Target::Slice(d.clone(), s.id.clone()), auth)?);
+        }
+        // VFs that go away lose their assignment; those that are recreated keep it.
+        self.update_state(|st| {
+            st.device_mut(&d).num_vfs = Some(count);
+            for s in &disrupted {
+                if vf_index(&s.id).is_some_and(|i| i >= count) {
+                    *st.slice_mut(&d, &s.id) = Default::default();
+                }
+            }
+        })?;
+        self.apply_vf_count(&dev, count).await
+    }
+
+    fn vf_slices_changed(&self, d: &str, (added, removed): (Vec<String>, Vec<String>)) {
+        if !removed.is_empty() {
+            self.emit(Event::SlicesRemoved {
+                device: d.to_owned(),
+                slices: removed,
+            });
+        }
+        if !added.is_empty() {
+            self.emit(Event::SlicesAdded {
+                device: d.to_owned(),
+                slices: added,
+            });
+        }
+    }
+
+    async fn apply_vf_count(&self, dev: &Arc<DeviceRt>, count: u32) -> Result<(), CoreError> {
+        let d = dev.policy.id.clone();
+        let worker = dev.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let sriov = worker
+                .sriov
+                .as_ref()
+                .ok_or_else(|| "no SR-IOV".to_owned())?;
+            sriov
+                .set_num_vfs(count, SRIOV_TIMEOUT)
+                .map_err(|e| error_chain(&e))?;
+            worker.refresh_vf_slices().map_err(|e| error_chain(&e))
+        })
+        .await
+        .map_err(CoreError::Task)?;
+        let outcome = match result {
+            Ok(changes) => {
+                self.vf_slices_changed(&d, changes);
+                Ok(())
+            }
+            Err(e) => {
+                // The hardware may have changed part way: follow what it has now.
+                if let Ok(changes) = dev.refresh_vf_slices() {
+                    self.vf_slices_changed(&d, changes);
+                }
+                Err(CoreError::Failed(format!(
+                    "setting the VF count of {d}: {e}"
+                )))
+            }
+        };
+        self.device_changed(&d);
+        outcome
+    }
+
+    pub async fn configure(
+        self: &Arc<Self>,
+        req: &Request,
+        target: Target,
+        fd: OwnedFd,
+        force: bool,
+    ) -> Result<JobId, CoreError> {
+        let checked = self.authorize_role(req, Operation::DeviceConfigure, target)?;
+        let d = checked.target().device().unwrap_or_default().to_owned();
+        let dev = self.device(&d)?;
+        let Some(loader) = dev.policy.personality.clone() else {
+            return Err(self.deny_by_limit(
+                &checked,
+                CoreError::InvalidArgument(format!("{d} has no personality loader")),
+            ));
+        };
+        let image = self
+            .take_image(&checked, fd, dev.policy.max_image_size)
+            .await?;
+        let auth = self.authorize_rest(checked, Some(&image.sha256)).await?;
+        let assigned: Vec<String> = {
+            let st = self.state();
+            dev.slice_ids()
+                .into_iter()
+                .filter(|s| st.get().slice(&d, s).tenant.is_some())
+                .collect()
+        };
+        if !assigned.is_empty() && !force {
+            return Err(CoreError::Busy(format!(
+                "slices {} of {d} are assigned; release them or pass force",
+                assigned.join(", ")
+            )));
+        }
+        let busy = self.claim(auth.target(), &auth)?;
+        let loaded = self.state().get().device(&d).personality_sha256;
+        let already = (loaded.as_deref() == Some(image.sha256.as_str()))
+            .then(|| format!("personality {} is already loaded", image.sha256));
+        let daemon = self.clone();
+        self.spawn_job(&auth, busy, already, move |job| async move {
+            daemon.load_personality(&d, &loader, image, &job).await
+        })
+    }
+
+    /// Like `load_slice_image`, for a whole-device personality.
+    async fn load_personality(
+        &self,
+        d: &str,
+        loader: &LoaderSpec,
+        image: Image,
+        job: &JobHandle,
+    ) -> Result<String, CoreError> {
+        self.update_state(|st| {
+            let e = st.device_mut(d);
+            e.personality_sha256 = None;
+            e.personality_in_flux = true;
+        })?;
+        self.device_changed(d);
+        let sha = image.sha256.clone();
+        let result = self.upload(loader, Arc::new(image.bytes), Some(job)).await;
+        let loaded = result.is_ok();
+        self.update_state(|st| {
+            let e = st.device_mut(d);
+            e.personality_in_flux = false;
+            e.personality_sha256 = loaded.then(|| sha.clone());
+        })?;
+        self.device_changed(d);
+        result.map(|()| format!("loaded personality {sha} on {d}"))
+    }
+
+    /// Device.Flash: role gate, lock, image within the size limit, signature verification
+    /// (before any byte is written), the remaining gates with the image hash, one flash per
+    /// device; then a job writes the inactive slot, reads it back and switches.
+    pub async fn flash(
+        self: &Arc<Self>,
+        req: &Request,
+        target: Target,
+        fd: OwnedFd,
+        signature: Option<Vec<u8>>,
+    ) -> Result<JobId, CoreError> {
+        let checked = self.authorize_role(req, Operation::DeviceFlash, target)?;
+        let auth = &checked;
+        let d = auth.target().device().unwrap_or_default().to_owned();
+        let dev = self.device(&d)?;
+        let Some(fw) = dev.policy.firmware.clone() else {
+            return Err(self.deny_by_limit(
+                auth,
+                CoreError::InvalidArgument(format!("{d} has no firmware backend")),
+            ));
+        };
+        if fw.locked {
+            return Err(self.deny_by_limit(
+                auth,
+                CoreError::Locked(format!("firmware of {d} is locked by policy")),
+            ));
+        }
+        let image = self.take_image(auth, fd, dev.policy.max_image_size).await?;
+        // Verification hashes the whole image (BLAKE2b): keep it off the runtime's threads.
+        let (image, verified) = {
+            let policy = fw.clone();
+            tokio::task::spawn_blocking(move || {
+                let verified = verify_image(&image.bytes, signature.as_deref(), &policy);
+                (image, verified)
+            })
+            .await
+            .map_err(CoreError::Task)?
+        };
+        let verified = verified.map_err(|e| {
+            self.deny_by_limit(
+                auth,
+                CoreError::VerificationFailed(format!("firmware image for {d} refused: {e}")),
+            )
+        })?;
+        let auth = self.authorize_rest(checked, Some(&image.sha256)).await?;
+        let busy = self.claim(auth.target(), &auth)?;
+        // Idempotent: the image already booting is not written again.
+        let already = {
+            let (hw, fw, sha) = (self.hw.clone(), fw.clone(), image.sha256.clone());
+            tokio::task::spawn_blocking(move || {
+                let st = open_backend(&hw, &fw).and_then(|b| b.status()).ok()?;
+                let active = st.slot(st.active);
+                (active.valid && active.sha256 == sha).then(|| {
+                    format!(
+                        "firmware {} ({sha}) is already active in slot {}",
+                        active.version,
+                        st.active.as_str()
+                    )
+                })
+            })
+            .await
+            .ok()
+            .flatten()
+        };
+        tracing::info!(
+            "{d}: flash of firmware {} ({}), {verified}, for uid {}",
+            image_version(&image.bytes),
+            image.sha256,
+            auth.caller().uid
+        );
+        let daemon = self.clone();
+        let uid = auth.caller().uid;
+        self.spawn_job(&auth, busy, already, move |job| async move {
+            let result = daemon.run_flash_job(&d, &fw, image, uid, &job).await;
+            daemon.device_changed(&d);
+            result
+        })
+    }
+
+    /// The flash itself on a blocking thread, with progress and cancel bridged to the job.
+    async fn run_flash_job(
+        &self,
+        d: &str,
+        fw: &FirmwarePolicy,
+        image: Image,
+        uid: u32,
+        job: &JobHandle,
+    ) -> Result<String, CoreError> {
+        let hw = self.hw.clone();
+        let fw = fw.clone();
+        let records = self.firmware_records();
+        let cancel = job.cancel_flag();
+        let device = d.to_owned();
+        let (tx, mut rx) = tokio::sync::watch::channel(0.0f64);
+        let work = tokio::task::spawn_blocking(move || {
+            let backend = open_backend(&hw, &fw).map_err(FlashError::Open)?;
+            let request = FlashRequest {
+                device: &device,
+                image: &image.bytes,
+                sha256: &image.sha256,
+                started_by_uid: uid,
+            };
+            let mut report = |p: f64| {
+                let _ = tx.send(p);
+            };
+            run_flash(backend.as_ref(), &records, &request, &mut report, &cancel)
+        });
+        let mut announced = false;
+        while rx.changed().await.is_ok() {
+            let p = *rx.borrow_and_update();
+            if !announced {
+                // The in-progress record is written before the first progress report, so
+                // FirmwareState now reads "flashing".
+                self.device_changed(d);
+                announced = true;
+            }
+            job.set_progress(p);
+        }
+        match work.await {
+            Ok(result) => result.map_err(CoreError::Flash),
+            Err(e) => Err(CoreError::Task(e)),
+        }
+    }
+
+    pub fn firmware_records(&self) -> FirmwareRecords {
+        FirmwareRecords::new(self.state().dir())
+    }
+
+    /// What the Device firmware properties show; all empty for a device without firmware.
+    pub fn firmware_info(&self, d: &str) -> FirmwareInfo {
+        let Some(fw) = self
+            .device(d)
+            .ok()
+            .and_then(|dev| dev.policy.firmware.clone())
+        else {
+            return FirmwareInfo::default();
+        };
+        let records = self.firmware_records();
+        let last_result = records
+            .last_result(d)
+            .map(|r| r.to_string())
+            .unwrap_or_default();
+        let flashing = records.in_progress(d).is_some();
+        match open_backend(&self.hw, &fw).and_then(|b| b.status()) {
+            Ok(st) => FirmwareInfo {
+                version: st.active_version(),
+                active_slot: st.active.as_str().to_owned(),
+                state: if flashing { "flashing" } else { "idle" }.to_owned(),
+                last_result,
+            },
+            Err(e) => FirmwareInfo {
+                version: String::new(),
+                active_slot: String::new(),
+                state: format!("error: {e}"),
+                last_result,
+            },
+        }
+    }
+
+    /// A flash record left by a daemon that died mid-flash becomes the device's last result.
+    async fn recover_firmware(&self) {
+        for (d, dev) in self.devices() {
+            let Some(fw) = dev.policy.firmware.clone() else {
+                continue;
+            };
+            let hw = self.hw.clone();
+            let records = self.firmware_records();
+            let recovered = tokio::task::spawn_blocking(move || {
+                let backend = open_backend(&hw, &fw).ok();
+                recover_interrupted(backend.as_deref(), &records, &d).map(|r| (d, r))
+            })
+            .await;
+            if let Ok(Some((d, result))) = recovered {
+                tracing::warn!("{d}: {result}");
+            }
+        }
+    }
+
+    async fn take_image(
+        &self,
+        checked: &RoleChecked,
+        fd: OwnedFd,
+        limit: u64,
+    ) -> Result<Image, CoreError> {
+        let read = tokio::task::spawn_blocking(move || read_image(&fd, limit))
+            .await
+            .map_err(CoreError::Task)?;
+        read.map_err(|e| self.deny_by_limit(checked, CoreError::Image(e)))
+    }
+
+    // ---------------------------------------------------------------- policy
+
+    /// Re-reads the policy. A bad policy, or one naming hardware that cannot be opened, is
+    /// refused and the old one stays in force.
+    pub async fn reload_policy(&self, req: &Request) -> Result<(), CoreError> {
+        self.authorize(req, Operation::PolicyReload, Target::Manager)
+            .await?;
+        self.reload_policy_files().await
+    }
+
+    /// The policy as the admins' files say now (SIGHUP, or [`Engine::reload_policy`]).
+    pub async fn reload_policy_files(&self) -> Result<(), CoreError> {
+        let path = self.policy_path.clone();
+        let hw = self.hw.clone();
+        let (policy, devices) = tokio::task::spawn_blocking(move || {
+            let policy =
+                RolePolicy::load(&path).map_err(|e| CoreError::InvalidArgument(error_chain(&e)))?;
+            let devices = open_devices(&hw, &policy);
+            Ok::<_, CoreError>((policy, devices))
+        })
+        .await
+        .map_err(CoreError::Task)??;
+        let old = self.policy();
+        if old.revision == policy.revision {
+            return Ok(());
+        }
+        // Devices whose policy is unchanged keep their runtime (and any running operation).
+        let merged: BTreeMap<String, Arc<DeviceRt>> = {
+            let current = self.devices.read().unwrap_or_else(|p| p.into_inner());
+            devices
+                .into_iter()
+                .map(|(id, fresh)| match current.get(&id) {
+                    Some(cur) if cur.policy == fresh.policy => (id, cur.clone()),
+                    _ => (id, fresh),
+                })
+                .collect()
+        };
+        let revision = policy.revision.clone();
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+        *self.devices.write().unwrap_or_else(|p| p.into_inner()) = merged;
+        tracing::info!("policy reloaded, revision {revision}");
+        self.emit(Event::PolicyReloaded { revision });
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- start-up repair
+
+    async fn restore_vf_counts(&self) {
+        for (d, dev) in self.devices() {
+            let wanted = self.state().get().device(&d).num_vfs;
+            if let Some(n) = wanted {
+                if dev.sriov.is_some() && dev.num_vfs() != n && n <= dev.max_vfs() {
+                    tracing::info!("restoring {n} VFs on {d}");
+                    if let Err(e) = self.apply_vf_count(&dev, n).await {
+                        tracing::error!("{e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Images that were being loaded when the daemon died are in an unknown state: blank them.
+    async fn recover_in_flux(&self) {
+        let in_flux: Vec<(String, String)> = self
+            .state()
+            .get()
+            .slices
+            .iter()
+            .filter(|(_, s)| s.image_in_flux)
+            .filter_map(|(k, _)| k.split_once('/').map(|(d, s)| (d.to_owned(), s.to_owned())))
+            .collect();
+        for (d, s) in in_flux {
+            let Ok((_, slice)) = self.slice(&d, &s) else {
+                continue;
+            };
+            tracing::warn!("{d}/{s}: an image load was interrupted; blanking the slice");
+            if let Err(e) = self.scrub(&d, &s, &slice).await {
+                tracing::error!("{d}/{s}: {e}");
+            }
+        }
+        let devices: Vec<String> = self
+            .state()
+            .get()
+            .devices
+            .iter()
+            .filter(|(_, d)| d.personality_in_flux)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for d in devices {
+            tracing::warn!("{d}: a personality load was interrupted; the personality is unknown");
+            let _ = self.update_state(|st| st.device_mut(&d).personality_in_flux = false);
+        }
+    }
+
+    // ---------------------------------------------------------------- helpers
+
+    fn target_slice(&self, d: &Decision) -> Result<(Arc<DeviceRt>, Arc<SliceRt>), CoreError> {
+        match d.target() {
+            Target::Slice(d, s) => self.slice(d, s),
+            _ => Err(CoreError::Failed("not a slice target".into())),
+        }
+    }
+
+    /// Takes the busy lock of a slice or device for the rest of an operation, or says Busy.
+    fn claim(
+        &self,
+        target: &Target,
+        auth: &Decision,
+    ) -> Result<tokio::sync::OwnedMutexGuard<()>, CoreError> {
+        self.busy_locks
+            .try_claim(&target.to_string())
+            .ok_or_else(|| self.busy(auth))
+    }
+
+    fn busy(&self, auth: &Decision) -> CoreError {
+        CoreError::Busy(format!(
+            "another operation on {} is running; retry later",
+            auth.target()
+        ))
+    }
+}
+
+/// Opens every device of the policy that the hardware has; a device that cannot be opened is
+/// logged and left out (the others are still served).
+fn open_devices(hw: &HwRoot, policy: &RolePolicy) -> BTreeMap<String, Arc<DeviceRt>> {
+    let mut out = BTreeMap::new();
+    for dp in &policy.devices {
+        match DeviceRt::open(hw, dp) {
+            Ok(dev) => {
+                out.insert(dp.id.clone(), Arc::new(dev));
+            }
+            Err(e) => tracing::error!("{}; the device is not served", error_chain(&e)),
+        }
+    }
+    out
+}

@@ -1,0 +1,243 @@
+//! The gates every request passes, in order, deny winning: role policy, caller capabilities,
+//! then further gates (polkit). The caller's identity was resolved by the transport before
+//! (a request that cannot be identified never reaches the engine: see
+//! [`Engine::deny_unidentified`]). Every decision is audited.
+//!
+//! A [`Decision`] can only be made here (its fields are private to this module), so no engine
+//! path can act for a caller that did not pass: [`RoleChecked`] after role and capabilities,
+//! [`Authorized`] after every gate.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use accelgate_policy::RoleDecision;
+use accelgate_proto::Operation;
+
+use super::audit::{AuditRecord, Decided, GateName};
+use super::authz::{GateRequest, Target};
+use super::caller::{caller_effective_caps, holds_all, Caller};
+use super::engine::Engine;
+use super::error::{error_chain, CoreError};
+use super::jobs::Job;
+
+/// A request as the transport hands it to the engine: who calls, and whether they accept
+/// interactive authentication (a password prompt from polkit).
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub caller: Arc<Caller>,
+    pub interactive: bool,
+}
+
+/// Who asked for what, on what. Made only by the gatekeeper.
+#[derive(Debug)]
+pub struct Decision {
+    caller: Arc<Caller>,
+    operation: Operation,
+    target: Target,
+    interactive: bool,
+}
+
+impl Decision {
+    pub fn caller(&self) -> &Arc<Caller> {
+        &self.caller
+    }
+    pub fn operation(&self) -> Operation {
+        self.operation
+    }
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+    pub fn interactive(&self) -> bool {
+        self.interactive
+    }
+}
+
+/// A request that passed the role and caller-capability gates; the remaining gates (polkit)
+/// still have to pass, once the image hash they are shown is known.
+#[derive(Debug)]
+pub struct RoleChecked(Decision);
+
+/// A request that passed every gate.
+#[derive(Debug)]
+pub struct Authorized(Decision);
+
+impl Deref for RoleChecked {
+    type Target = Decision;
+    fn deref(&self) -> &Decision {
+        &self.0
+    }
+}
+
+impl Deref for Authorized {
+    type Target = Decision;
+    fn deref(&self) -> &Decision {
+        &self.0
+    }
+}
+
+impl Engine {
+    /// Runs every gate for `operation` on `target`. Deny wins; every decision is audited.
+    pub async fn authorize(
+        &self,
+        req: &Request,
+        operation: Operation,
+        target: Target,
+    ) -> Result<Authorized, CoreError> {
+        let checked = self.authorize_role(req, operation, target)?;
+        self.authorize_rest(checked, None).await
+    }
+
+    /// Role policy and caller capabilities. Operations that take an image call this first,
+    /// read the image, and then [`Engine::authorize_rest`] with its hash (polkit sees it).
+    pub fn authorize_role(
+        &self,
+        req: &Request,
+        operation: Operation,
+        target: Target,
+    ) -> Result<RoleChecked, CoreError> {
+        let decision = Decision {
+            caller: req.caller.clone(),
+            operation,
+            target,
+            interactive: req.interactive,
+        };
+        self.check_role_and_caps(&decision)?;
+        Ok(RoleChecked(decision))
+    }
+
+    fn check_role_and_caps(&self, d: &Decision) -> Result<(), CoreError> {
+        let caller = &d.caller;
+        let assigned = match &d.target {
+            Target::Slice(dev, s) => self
+                .slice_tenant(dev, s)
+                .is_some_and(|t| t.includes(caller.uid, &caller.gids)),
+            _ => false,
+        };
+        let decision = self.policy().decide(
+            caller.uid,
+            &caller.gids,
+            d.operation,
+            d.target.device(),
+            assigned,
+        );
+        let grants = match decision {
+            RoleDecision::Allow { grants } => grants,
+            RoleDecision::Deny { reason } => return Err(self.deny(d, GateName::Role, &reason)),
+        };
+        // The caller passes if it meets the capability rule of any one role that grants.
+        if grants.iter().any(|(_, caps)| caps.is_empty()) {
+            return Ok(());
+        }
+        match caller_effective_caps(caller) {
+            Ok(eff) if grants.iter().any(|(_, caps)| holds_all(eff, caps)) => Ok(()),
+            Ok(_) => {
+                let needed: Vec<String> = grants
+                    .iter()
+                    .map(|(role, caps)| format!("{role}: {caps:?}"))
+                    .collect();
+                Err(self.deny(
+                    d,
+                    GateName::CallerCaps,
+                    &format!("caller lacks capabilities ({})", needed.join("; ")),
+                ))
+            }
+            Err(e) => Err(self.deny(d, GateName::CallerCaps, &error_chain(&e))),
+        }
+    }
+
+    /// The gates after role and capabilities (polkit), then the audit record of the allow.
+    pub async fn authorize_rest(
+        &self,
+        checked: RoleChecked,
+        image_sha256: Option<&str>,
+    ) -> Result<Authorized, CoreError> {
+        let d = checked.0;
+        let req = GateRequest {
+            caller: &d.caller,
+            operation: d.operation,
+            target: &d.target,
+            image_sha256,
+            interactive: d.interactive,
+        };
+        for gate in self.gates() {
+            if let Err(reason) = gate.check(&req).await {
+                return Err(self.deny(&d, GateName::Further(gate.name()), &reason));
+            }
+        }
+        self.record(&d, Decided::Allow, GateName::All, "every gate passed");
+        Ok(Authorized(d))
+    }
+
+    /// A hard device limit refused the request (after or between the gates).
+    pub fn deny_by_limit(&self, d: &Decision, err: CoreError) -> CoreError {
+        self.record(d, Decided::Deny, GateName::DeviceLimits, &err.message());
+        err
+    }
+
+    /// A request whose caller the transport could not identify: audited, and denied.
+    pub fn deny_unidentified(
+        &self,
+        sender: &str,
+        operation: &str,
+        target: &Target,
+        reason: &str,
+    ) -> CoreError {
+        self.audit().record(AuditRecord {
+            time: 0.0,
+            uid: None,
+            pid: None,
+            sender,
+            operation,
+            target: &target.to_string(),
+            decision: Decided::Deny,
+            gate: GateName::Identity,
+            reason,
+        });
+        CoreError::NotAuthorized("cannot identify the caller".into())
+    }
+
+    fn deny(&self, d: &Decision, gate: GateName, reason: &str) -> CoreError {
+        self.record(d, Decided::Deny, gate, reason);
+        CoreError::NotAuthorized(format!("{} on {} is not allowed", d.operation, d.target))
+    }
+
+    fn record(&self, d: &Decision, decision: Decided, gate: GateName, reason: &str) {
+        self.audit().record(AuditRecord {
+            time: 0.0,
+            uid: Some(d.caller.uid),
+            pid: d.caller.pid,
+            sender: &d.caller.sender,
+            operation: d.operation.as_str(),
+            target: &d.target.to_string(),
+            decision,
+            gate,
+            reason,
+        });
+    }
+
+    /// Cancel is allowed to whoever may start the job's operation on the job's target.
+    pub async fn authorize_job_cancel(
+        &self,
+        req: &Request,
+        job: &Job,
+    ) -> Result<Authorized, CoreError> {
+        self.authorize(req, job.operation, job.target.clone()).await
+    }
+
+    /// WhoAmI: needs only an identity.
+    pub fn who_am_i(&self, req: &Request) -> (u32, Vec<String>, Vec<String>) {
+        let caller = &req.caller;
+        let policy = self.policy();
+        let roles = policy
+            .roles_for(caller.uid, &caller.gids)
+            .iter()
+            .map(|r| r.id.clone())
+            .collect();
+        let ops = policy
+            .operations_for(caller.uid, &caller.gids)
+            .iter()
+            .map(|o| o.as_str().to_owned())
+            .collect();
+        (caller.uid, roles, ops)
+    }
+}

@@ -1,0 +1,181 @@
+//! `accelgated`: the accelgate system daemon.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use accelgate_sim::SimSpec;
+use accelgated::core::error_chain;
+use accelgated::sandbox::Violation;
+use accelgated::{run, BusChoice, Config};
+use clap::Parser;
+
+/// Share PCI accelerators between tenants: serves org.accelgate.Accel1 on D-Bus.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Hardware root: where sys/bus/pci lives.
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    /// Build a simulated host (sysfs-shaped tree) in DIR, run its emulator, and use it as the
+    /// hardware root. An existing tree is reused, as hardware keeps its state.
+    #[arg(long, value_name = "DIR", conflicts_with = "root")]
+    simulate: Option<PathBuf>,
+    /// What the simulated host contains: `standard` (fpga0 with two regions, nic0 with 8 VFs)
+    /// or `scale:DEVICESxVFS` (NICs nic0.. with up to VFS VFs each, for scale tests).
+    #[arg(long, value_name = "SPEC", default_value = "standard", value_parser = parse_sim_spec, requires = "simulate")]
+    simulate_spec: SimSpec,
+    /// `system`, `session`, or a D-Bus address such as unix:path=/run/x/bus.
+    #[arg(long, default_value = "system")]
+    bus: BusChoice,
+    /// Policy file, or a directory holding policy.toml and policy.d/*.toml.
+    #[arg(long, default_value = "/etc/accelgate")]
+    policy: PathBuf,
+    /// Where state (assignments, image hashes, VF counts) is kept.
+    #[arg(long, default_value = "/var/lib/accelgate")]
+    state_dir: PathBuf,
+    /// Audit log (JSON lines); default STATE_DIR/audit.jsonl.
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
+    /// Do not check requests with polkit (role policy alone decides). For tests and demos on a
+    /// bus without polkitd; never on a production host.
+    #[arg(long)]
+    no_polkit: bool,
+    /// Do not confine the daemon (no capability drop, no seccomp). For debugging only.
+    #[arg(long)]
+    no_sandbox: bool,
+    /// What a system call outside the seccomp allow-list gets: `kill` the daemon, or `errno`
+    /// (fails with EPERM).
+    #[arg(long, value_enum, default_value = "kill")]
+    seccomp_violation: ViolationArg,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum ViolationArg {
+    Kill,
+    Errno,
+}
+
+/// Largest `scale:` host accepted: the simulator puts PF i on PCI bus 0x10 + i (below 0x100),
+/// and VF i at devfn 1 + i of the PF's bus (at most 0xff).
+const MAX_SCALE_DEVICES: u32 = 0xf0;
+const MAX_SCALE_VFS: u32 = 0xff;
+
+fn parse_sim_spec(text: &str) -> Result<SimSpec, String> {
+    if text == "standard" {
+        return Ok(SimSpec::standard());
+    }
+    let usage = || format!("'{text}' is neither 'standard' nor 'scale:DEVICESxVFS'");
+    let (devices, vfs) = text
+        .strip_prefix("scale:")
+        .and_then(|dims| dims.split_once('x'))
+        .ok_or_else(usage)?;
+    let devices: u32 = devices.parse().map_err(|_| usage())?;
+    let vfs: u32 = vfs.parse().map_err(|_| usage())?;
+    if !(1..=MAX_SCALE_DEVICES).contains(&devices) || vfs > MAX_SCALE_VFS {
+        return Err(format!(
+            "scale host must have 1..={MAX_SCALE_DEVICES} devices and at most {MAX_SCALE_VFS} VFs each"
+        ));
+    }
+    Ok(SimSpec::scale(devices, vfs))
+}
+
+/// Keeps the daemon's memory near what it uses. glibc by default gives each thread that
+/// allocates concurrently an arena of its own and raises its trim and mmap thresholds after
+/// freeing a large block; after a burst (one GetManagedObjects of 4096 slices builds some
+/// 15 MB of property values), the freed memory then stays resident in several arenas. One
+/// arena and fixed thresholds return it. The daemon's threads rarely allocate at once, and
+/// the per-thread caches serve small allocations without the arena lock.
+fn tune_allocator() {
+    const ARENAS: i32 = 1;
+    // Blocks from this size are mmap'ed and unmapped on free.
+    const MMAP_THRESHOLD: i32 = 64 << 10;
+    // Free memory past this at the top of the heap is given back.
+    const TRIM_THRESHOLD: i32 = 128 << 10;
+    for (param, value) in [
+        (nix::libc::M_ARENA_MAX, ARENAS),
+        (nix::libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+        (nix::libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+    ] {
+        // SAFETY: mallopt only changes glibc malloc tunables; it is called before any other
+        // thread exists, and a refused value (return 0) leaves the default in place.
+        if unsafe { nix::libc::mallopt(param, value) } == 0 {
+            eprintln!("accelgated: malloc tunable {param} not set; keeping the default");
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tune_allocator();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ACCELGATE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    if args.no_polkit {
+        tracing::warn!(
+            "--no-polkit: polkit is NOT consulted; only role policy gates requests. \
+             Do not run like this in production."
+        );
+    }
+    let cfg = Config {
+        root: args.root,
+        simulate: args.simulate,
+        sim_spec: args.simulate_spec,
+        bus: args.bus,
+        policy: args.policy,
+        state_dir: args.state_dir,
+        audit_log: args.audit_log,
+        polkit: !args.no_polkit,
+        sandbox: !args.no_sandbox,
+        on_violation: match args.seccomp_violation {
+            ViolationArg::Kill => Violation::Kill,
+            ViolationArg::Errno => Violation::Errno,
+        },
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("accelgated: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("accelgated: {}", error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sim_spec_names() {
+        assert_eq!(parse_sim_spec("standard"), Ok(SimSpec::standard()));
+        assert_eq!(parse_sim_spec("scale:64x64"), Ok(SimSpec::scale(64, 64)));
+        assert_eq!(parse_sim_spec("scale:1x0"), Ok(SimSpec::scale(1, 0)));
+        for bad in [
+            "",
+            "scale",
+            "scale:64",
+            "scale:x64",
+            "scale:0x4",
+            "scale:241x1",
+            "scale:1x256",
+            "big",
+        ] {
+            assert!(parse_sim_spec(bad).is_err(), "{bad} accepted");
+        }
+    }
+}

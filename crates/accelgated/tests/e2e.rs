@@ -1,0 +1,553 @@
+//! End to end: the real daemon on simulated hardware, on a private bus, driven by `accelctl`
+//! running as different users. Hardware effects are checked in the simulated BAR files, daemon
+//! state through the bus as root.
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use accelgate_testkit::*;
+
+const FPGA_BDF: &str = "0000:3b:00.0";
+const REGION0: u64 = 0x10000;
+
+type Setup = Stack;
+
+trait RegionView {
+    fn region0_bytes(&self, offset: u64, len: usize) -> Vec<u8>;
+    fn wait_image(&self, slice: &str, want: &str);
+}
+
+impl RegionView for Stack {
+    fn region0_bytes(&self, offset: u64, len: usize) -> Vec<u8> {
+        sim_bar_bytes(&self.daemon.sim_dir, FPGA_BDF, REGION0 + offset, len)
+    }
+
+    /// Waits until the slice's ImageSha256 is `want` (jobs run in the background).
+    fn wait_image(&self, slice: &str, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.obs.image_sha256("fpga0", slice) != want {
+            assert!(
+                Instant::now() < deadline,
+                "image of {slice} never became {want}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The register values of `accelctl --json read`: `[{"offset": N, "value": N}, ...]`.
+fn values_of(c: &Ctl) -> Vec<u64> {
+    let v = c.json();
+    let rows = v
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list of registers: {v}"));
+    rows.iter()
+        .map(|r| {
+            r["value"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no value in {r}"))
+        })
+        .collect()
+}
+
+#[test]
+fn role_operation_matrix_with_denials_leaving_hardware_unchanged() {
+    let s = Setup::new("matrix");
+    s.ctl("root", &["assign", "fpga0/region0", "ag-tenant1"])
+        .ok();
+    assert_eq!(s.obs.tenant("fpga0", "region0"), "user:ag-tenant1");
+
+    // slice.read: tenant on its own slice, operator (scope all) and admin may; others not.
+    for (user, allowed) in [
+        ("ag-tenant1", true),
+        ("ag-tenant2", false),
+        ("ag-operator", true),
+        ("ag-admin", true),
+        ("ag-nobody", false),
+    ] {
+        let r = s.ctl(user, &["--json", "read", "fpga0/region0", "0x0"]);
+        if allowed {
+            assert_eq!(
+                values_of(&r.ok()),
+                vec![0xacce_0000],
+                "{user} reads the region id"
+            );
+        } else {
+            r.fails_with("NotAuthorized");
+        }
+    }
+
+    // slice.write: only the assigned tenant and the admin; a denial writes nothing.
+    let before = s.region0_bytes(0x100, 8);
+    for user in ["ag-tenant2", "ag-operator", "ag-nobody"] {
+        s.ctl(user, &["write", "fpga0/region0", "0x100", "0x55"])
+            .fails_with("NotAuthorized");
+        assert_eq!(
+            s.region0_bytes(0x100, 8),
+            before,
+            "{user}'s denied write changed the device"
+        );
+    }
+    s.ctl(
+        "ag-tenant1",
+        &[
+            "write",
+            "fpga0/region0",
+            "0x100",
+            "0x1122334455667788",
+            "--width",
+            "8",
+        ],
+    )
+    .ok();
+    assert_eq!(
+        s.region0_bytes(0x100, 8),
+        0x1122334455667788u64.to_le_bytes()
+    );
+
+    // Scope assigned: the same tenant has nothing on a slice that is not assigned to it.
+    s.ctl("ag-tenant1", &["read", "fpga0/region1", "0x0"])
+        .fails_with("NotAuthorized");
+    s.ctl("ag-tenant1", &["write", "fpga0/region1", "0x100", "1"])
+        .fails_with("NotAuthorized");
+
+    // slice.assign: operators and admins.
+    s.ctl("ag-tenant1", &["assign", "fpga0/region1", "ag-tenant1"])
+        .fails_with("NotAuthorized");
+    assert_eq!(s.obs.tenant("fpga0", "region1"), "");
+    s.ctl(
+        "ag-operator",
+        &["assign", "fpga0/region1", "group:accel-tenants"],
+    )
+    .ok();
+    assert_eq!(s.obs.tenant("fpga0", "region1"), "group:accel-tenants");
+    // A group assignment reaches every member.
+    s.ctl("ag-tenant2", &["read", "fpga0/region1", "0x0"]).ok();
+
+    // device.configure (VF count): operators; tenants not.
+    s.ctl("ag-tenant1", &["vfs", "nic0", "2"])
+        .fails_with("NotAuthorized");
+    assert_eq!(s.obs.num_vfs("nic0"), 0);
+    s.ctl("ag-operator", &["vfs", "nic0", "2"]).ok();
+    assert_eq!(s.obs.num_vfs("nic0"), 2);
+
+    // device.flash: only admins.
+    let fw = write_image(&s.dir, "fw.bin", b"firmware");
+    s.ctl(
+        "ag-tenant1",
+        &["firmware", "flash", "fpga0", fw.to_str().unwrap()],
+    )
+    .fails_with("NotAuthorized");
+    s.ctl(
+        "ag-operator",
+        &["firmware", "flash", "fpga0", fw.to_str().unwrap()],
+    )
+    .fails_with("NotAuthorized");
+
+    // policy.reload: only admins.
+    s.ctl("ag-operator", &["policy", "reload"])
+        .fails_with("NotAuthorized");
+    s.ctl("ag-admin", &["policy", "reload"]).ok();
+
+    // Every decision is in the audit log, denials with the gate that decided.
+    let denials: Vec<serde_json::Value> = s
+        .audit()
+        .into_iter()
+        .filter(|r| r["decision"] == "deny")
+        .collect();
+    let tenant2 = uid_of("ag-tenant2");
+    assert!(denials
+        .iter()
+        .any(|r| r["uid"] == tenant2 && r["operation"] == "slice.write" && r["gate"] == "role"));
+}
+
+#[test]
+fn tenant_programs_its_slice_and_reads_the_result() {
+    let s = Setup::new("program");
+    s.ctl("ag-operator", &["assign", "fpga0/region0", "ag-tenant1"])
+        .ok();
+    let bytes: Vec<u8> = (0..200_000u32).map(|i| (i * 7) as u8).collect();
+    let img = write_image(&s.dir, "app.bin", &bytes);
+    let sha = sha256_hex(&bytes);
+    s.ctl(
+        "ag-tenant1",
+        &["program", "fpga0/region0", img.to_str().unwrap()],
+    )
+    .ok();
+    s.wait_image("region0", &sha);
+    // The simulated region reports the image it holds.
+    let tag = u64::from_le_bytes(hex_prefix(&sha));
+    assert_eq!(
+        s.obs.read("fpga0", "region0", 0x8, 2, 8).unwrap(),
+        vec![1, tag]
+    );
+    // Another tenant cannot program it.
+    s.ctl(
+        "ag-tenant2",
+        &["program", "fpga0/region0", img.to_str().unwrap()],
+    )
+    .fails_with("NotAuthorized");
+    // Releasing scrubs: scratch registers zeroed, image unloaded.
+    s.ctl(
+        "ag-tenant1",
+        &[
+            "write",
+            "fpga0/region0",
+            "0x100",
+            "0xabcdef",
+            "--width",
+            "4",
+        ],
+    )
+    .ok();
+    s.ctl("ag-operator", &["release", "fpga0/region0"]).ok();
+    assert_eq!(s.obs.tenant("fpga0", "region0"), "");
+    assert_eq!(s.obs.image_sha256("fpga0", "region0"), "");
+    assert_eq!(s.region0_bytes(0x100, 0x100), vec![0u8; 0x100]);
+    assert_eq!(
+        s.obs.read("fpga0", "region0", 0x8, 2, 8).unwrap(),
+        vec![0, 0]
+    );
+}
+
+fn hex_prefix(sha: &str) -> [u8; 8] {
+    let mut out = [0u8; 8];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&sha[2 * i..2 * i + 2], 16).unwrap();
+    }
+    out
+}
+
+#[test]
+fn every_mutating_call_is_idempotent() {
+    let s = Setup::new("idempotent");
+    for _ in 0..2 {
+        s.ctl("ag-operator", &["assign", "fpga0/region0", "ag-tenant1"])
+            .ok();
+    }
+    assert_eq!(s.obs.tenant("fpga0", "region0"), "user:ag-tenant1");
+    // Assigning to someone else while assigned is refused, not silently changed.
+    s.ctl("ag-operator", &["assign", "fpga0/region0", "ag-tenant2"])
+        .fails_with("Busy");
+    assert_eq!(s.obs.tenant("fpga0", "region0"), "user:ag-tenant1");
+
+    for _ in 0..2 {
+        s.ctl(
+            "ag-tenant1",
+            &["write", "fpga0/region0", "0x108", "7", "--width", "4"],
+        )
+        .ok();
+    }
+    assert_eq!(s.region0_bytes(0x108, 4), 7u32.to_le_bytes());
+
+    let img = write_image(&s.dir, "app.bin", b"application image v1");
+    let sha = sha256_hex(b"application image v1");
+    for _ in 0..2 {
+        s.ctl(
+            "ag-tenant1",
+            &["program", "fpga0/region0", img.to_str().unwrap()],
+        )
+        .ok();
+        s.wait_image("region0", &sha);
+    }
+
+    for _ in 0..2 {
+        s.ctl("ag-operator", &["vfs", "nic0", "3"]).ok();
+        assert_eq!(s.obs.num_vfs("nic0"), 3);
+    }
+    assert_eq!(s.obs.slice_ids("nic0"), ["vf0", "vf1", "vf2"]);
+
+    for _ in 0..2 {
+        s.ctl("ag-operator", &["release", "fpga0/region0"]).ok();
+        assert_eq!(s.obs.tenant("fpga0", "region0"), "");
+    }
+}
+
+#[test]
+fn vf_slices_follow_the_vf_count_and_assigned_vfs_are_protected() {
+    let s = Setup::new("vfs");
+    s.ctl("ag-operator", &["vfs", "nic0", "4"]).ok();
+    assert_eq!(s.obs.slice_ids("nic0"), ["vf0", "vf1", "vf2", "vf3"]);
+    s.ctl("ag-operator", &["assign", "nic0/vf3", "ag-tenant1"])
+        .ok();
+    s.ctl("ag-operator", &["vfs", "nic0", "2"])
+        .fails_with("Busy");
+    assert_eq!(s.obs.num_vfs("nic0"), 4);
+    s.ctl("ag-operator", &["vfs", "nic0", "2", "--force"]).ok();
+    assert_eq!(s.obs.slice_ids("nic0"), ["vf0", "vf1"]);
+    // The VF's own BAR answers through the daemon.
+    assert_eq!(
+        s.obs.read("nic0", "vf1", 0, 1, 4).unwrap(),
+        vec![0xacce_e101]
+    );
+    // More than the hardware or policy allows is refused.
+    s.ctl("ag-operator", &["vfs", "nic0", "9"])
+        .fails_with("InvalidArgument");
+    assert_eq!(s.obs.num_vfs("nic0"), 2);
+}
+
+#[test]
+fn restart_restores_assignments_images_and_vfs() {
+    let mut s = Setup::new("restart");
+    s.ctl(
+        "ag-operator",
+        &["assign", "fpga0/region1", "group:accel-tenants"],
+    )
+    .ok();
+    s.ctl("ag-operator", &["vfs", "nic0", "3"]).ok();
+    s.ctl("ag-operator", &["assign", "nic0/vf2", "ag-tenant2"])
+        .ok();
+    let img = write_image(&s.dir, "app.bin", b"persistent image");
+    s.ctl(
+        "ag-tenant1",
+        &["program", "fpga0/region1", img.to_str().unwrap()],
+    )
+    .ok();
+    let sha = sha256_hex(b"persistent image");
+    s.wait_image("region1", &sha);
+
+    s.daemon.restart();
+    assert_eq!(s.obs.tenant("fpga0", "region1"), "group:accel-tenants");
+    assert_eq!(s.obs.image_sha256("fpga0", "region1"), sha);
+    assert_eq!(s.obs.num_vfs("nic0"), 3);
+    assert_eq!(s.obs.tenant("nic0", "vf2"), "user:ag-tenant2");
+    s.ctl("ag-tenant2", &["read", "nic0/vf2", "0"]).ok();
+
+    // A host whose VFs vanished (reboot) gets them back from state.
+    fs::write(
+        s.daemon
+            .sim_dir
+            .join("sys/bus/pci/devices/0000:5e:00.0/sriov_numvfs"),
+        "0\n",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    s.daemon.restart();
+    assert_eq!(s.obs.num_vfs("nic0"), 3);
+    assert_eq!(s.obs.tenant("nic0", "vf2"), "user:ag-tenant2");
+}
+
+#[test]
+fn sigkill_during_program_leaves_a_consistent_slice() {
+    let mut s = Setup::new("kill-program");
+    s.ctl("ag-operator", &["assign", "fpga0/region0", "ag-tenant1"])
+        .ok();
+    // Big enough that the simulated loader takes a while (it is paced like hardware).
+    let bytes: Vec<u8> = (0..6_000_000u32).map(|i| (i % 251) as u8).collect();
+    let img = write_image(&s.dir, "big.bin", &bytes);
+    let sha = sha256_hex(&bytes);
+    for delay_ms in [0u64, 20, 60, 120] {
+        let img_arg = img.to_str().unwrap().to_owned();
+        let address = s.bus.address.clone();
+        let client = std::thread::spawn(move || {
+            ctl(
+                &address,
+                "ag-tenant1",
+                &["program", "fpga0/region0", &img_arg],
+            )
+        });
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        s.daemon.kill();
+        let _ = client.join();
+        s.daemon.restart();
+        // Either the image is there and recorded, or neither: never a recorded image the
+        // hardware does not hold, nor the reverse.
+        let recorded = s.obs.image_sha256("fpga0", "region0");
+        let regs = s.obs.read("fpga0", "region0", 0x8, 2, 8).unwrap();
+        if recorded.is_empty() {
+            assert_eq!(
+                regs,
+                vec![0, 0],
+                "delay {delay_ms}: no image recorded but the region is not blank"
+            );
+        } else {
+            assert_eq!(recorded, sha);
+            assert_eq!(regs, vec![1, u64::from_le_bytes(hex_prefix(&sha))]);
+        }
+        assert_eq!(
+            s.obs.tenant("fpga0", "region0"),
+            "user:ag-tenant1",
+            "assignment survives"
+        );
+        // Clean slate for the next round.
+        s.ctl("ag-operator", &["release", "fpga0/region0"]).ok();
+        s.ctl("ag-operator", &["assign", "fpga0/region0", "ag-tenant1"])
+            .ok();
+    }
+}
+
+#[test]
+fn map_needs_an_assigned_vf_and_the_callers_capability() {
+    let s = Setup::new("map");
+    s.ctl("ag-operator", &["vfs", "nic0", "2"]).ok();
+    s.ctl("ag-operator", &["assign", "nic0/vf0", "ag-tenant1"])
+        .ok();
+    // The tenant role requires CAP_IPC_LOCK for slice.map.
+    s.ctl("ag-tenant1", &["map-test", "nic0/vf0"])
+        .fails_with("NotAuthorized");
+    let denial = s
+        .audit()
+        .into_iter()
+        .rev()
+        .find(|r| r["operation"] == "slice.map")
+        .unwrap();
+    assert_eq!(denial["gate"], "caller-caps");
+    let mapped = ctl_with_caps(
+        &s.bus.address,
+        "ag-tenant1",
+        "+ipc_lock",
+        &["--json", "map-test", "nic0/vf0"],
+    )
+    .ok();
+    assert_eq!(mapped.json()["value"], 0xacce_e100u64);
+    // The capability does not open a VF that is not assigned to the caller.
+    ctl_with_caps(
+        &s.bus.address,
+        "ag-tenant1",
+        "+ipc_lock",
+        &["map-test", "nic0/vf1"],
+    )
+    .fails_with("NotAuthorized");
+    // Windows inside a shared BAR are never handed out, whoever asks.
+    s.ctl("root", &["map-test", "fpga0/region0"])
+        .fails_with("InvalidArgument");
+}
+
+/// Takes the next item of a signal stream, or panics after a few seconds.
+fn next_within<S: zbus::export::futures_core::Stream + Unpin>(
+    rt: &tokio::runtime::Runtime,
+    stream: &mut S,
+) -> S::Item {
+    rt.block_on(async {
+        let next = std::future::poll_fn(|cx| std::pin::Pin::new(&mut *stream).poll_next(cx));
+        tokio::time::timeout(Duration::from_secs(5), next)
+            .await
+            .expect("no signal within 5 s")
+            .expect("stream ended")
+    })
+}
+
+#[test]
+fn changes_are_announced_on_the_bus() {
+    let s = Setup::new("signals");
+    let rt = &s.obs.rt;
+    let conn = &s.obs.conn;
+    let om = rt
+        .block_on(
+            zbus::fdo::ObjectManagerProxy::builder(conn)
+                .destination(accelgate_client::proto::names::BUS_NAME)
+                .path(accelgate_client::proto::names::ROOT_PATH)
+                .build(),
+        )
+        .unwrap();
+    let mut added = rt.block_on(om.receive_interfaces_added()).unwrap();
+    let mut removed = rt.block_on(om.receive_interfaces_removed()).unwrap();
+    let region0 = rt
+        .block_on(
+            zbus::fdo::PropertiesProxy::builder(conn)
+                .destination(accelgate_client::proto::names::BUS_NAME)
+                .path(accelgate_client::proto::names::slice_path(
+                    "fpga0", "region0",
+                ))
+                .build(),
+        )
+        .unwrap();
+    let mut changed = rt.block_on(region0.receive_properties_changed()).unwrap();
+
+    s.ctl("ag-operator", &["assign", "fpga0/region0", "ag-tenant1"])
+        .ok();
+    let signal = next_within(rt, &mut changed);
+    let args = signal.args().unwrap();
+    assert_eq!(args.interface_name().as_str(), "org.accelgate.Accel1.Slice");
+    let tenant: String = args
+        .changed_properties()
+        .get("Tenant")
+        .unwrap()
+        .try_into()
+        .unwrap();
+    assert_eq!(tenant, "user:ag-tenant1");
+
+    // VF slices appear and disappear as objects.
+    s.ctl("ag-operator", &["vfs", "nic0", "2"]).ok();
+    let mut paths: Vec<String> = (0..2)
+        .map(|_| {
+            next_within(rt, &mut added)
+                .args()
+                .unwrap()
+                .object_path()
+                .to_string()
+        })
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            accelgate_client::proto::names::slice_path("nic0", "vf0"),
+            accelgate_client::proto::names::slice_path("nic0", "vf1")
+        ]
+    );
+    s.ctl("ag-operator", &["vfs", "nic0", "0"]).ok();
+    let mut gone: Vec<String> = (0..2)
+        .map(|_| {
+            next_within(rt, &mut removed)
+                .args()
+                .unwrap()
+                .object_path()
+                .to_string()
+        })
+        .collect();
+    gone.sort();
+    assert_eq!(gone, paths);
+}
+
+#[test]
+fn configure_loads_a_personality_once_and_respects_assigned_slices() {
+    let s = Setup::new("configure");
+    let bytes = b"nic personality v2".to_vec();
+    let img = write_image(&s.dir, "personality.bin", &bytes);
+    let sha = sha256_hex(&bytes);
+    let img = img.to_str().unwrap();
+    s.ctl("ag-tenant1", &["configure", "nic0", img])
+        .fails_with("NotAuthorized");
+    for _ in 0..2 {
+        s.ctl("ag-operator", &["configure", "nic0", img]).ok();
+        let personality: String = s
+            .obs
+            .rt
+            .block_on(
+                s.obs
+                    .device("nic0")
+                    .inner()
+                    .get_property("PersonalitySha256"),
+            )
+            .unwrap();
+        assert_eq!(personality, sha);
+    }
+    // The simulated card reports the personality it runs: first 8 bytes of its sha256.
+    let tag = sim_bar_bytes(&s.daemon.sim_dir, "0000:5e:00.0", 0x10, 8);
+    assert_eq!(tag, hex_prefix(&sha));
+    // A new personality while a slice is assigned needs force.
+    s.ctl("ag-operator", &["vfs", "nic0", "1"]).ok();
+    s.ctl("ag-operator", &["assign", "nic0/vf0", "ag-tenant1"])
+        .ok();
+    let other = write_image(&s.dir, "personality3.bin", b"nic personality v3");
+    s.ctl(
+        "ag-operator",
+        &["configure", "nic0", other.to_str().unwrap()],
+    )
+    .fails_with("Busy");
+    assert_eq!(
+        sim_bar_bytes(&s.daemon.sim_dir, "0000:5e:00.0", 0x10, 8),
+        hex_prefix(&sha)
+    );
+    s.ctl(
+        "ag-operator",
+        &["configure", "nic0", other.to_str().unwrap(), "--force"],
+    )
+    .ok();
+    let v3 = sha256_hex(b"nic personality v3");
+    assert_eq!(
+        sim_bar_bytes(&s.daemon.sim_dir, "0000:5e:00.0", 0x10, 8),
+        hex_prefix(&v3)
+    );
+}

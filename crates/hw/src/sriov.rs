@@ -1,0 +1,133 @@
+//! SR-IOV virtual functions through `sriov_totalvfs`, `sriov_numvfs` and `virtfnN` links.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::pci::{PciBdf, PciError, PciFunction};
+use super::{read_attr, write_attr};
+
+/// How often to look again while the kernel creates or removes VFs.
+const POLL_INTERVAL: Duration = Duration::from_millis(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SriovError {
+    #[error("{0} does not support SR-IOV")]
+    NotSupported(PciBdf),
+    #[error("cannot access {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("malformed contents in {0}")]
+    Malformed(PathBuf),
+    #[error("{requested} VFs requested but the device supports at most {total}")]
+    TooMany { requested: u32, total: u32 },
+    #[error("VF {0} does not exist")]
+    NoSuchVf(u32),
+    #[error("VF {index} link points to an invalid PCI address")]
+    BadVfLink { index: u32 },
+    #[error("the VF count did not become {0} in time")]
+    Timeout(u32),
+    #[error("cannot open VF")]
+    Vf(#[source] PciError),
+}
+
+/// The SR-IOV controls of one physical function.
+#[derive(Clone, Debug)]
+pub struct Sriov {
+    dir: PathBuf,
+}
+
+impl Sriov {
+    pub fn new(pf: &PciFunction) -> Result<Self, SriovError> {
+        if !pf.dir.join("sriov_totalvfs").is_file() {
+            return Err(SriovError::NotSupported(pf.bdf.clone()));
+        }
+        Ok(Sriov {
+            dir: pf.dir.clone(),
+        })
+    }
+
+    pub fn total_vfs(&self) -> Result<u32, SriovError> {
+        self.read_count("sriov_totalvfs")
+    }
+
+    pub fn num_vfs(&self) -> Result<u32, SriovError> {
+        self.read_count("sriov_numvfs")
+    }
+
+    /// Kernel rule: write 0 first when going from a non-zero count to another non-zero count.
+    /// Then wait (poll ~2 ms) until sriov_numvfs reads back n, virtfn0..n-1 exist and virtfn<n>
+    /// does not; Timeout error otherwise. n > total is an error before anything is written.
+    pub fn set_num_vfs(&self, n: u32, timeout: Duration) -> Result<(), SriovError> {
+        let total = self.total_vfs()?;
+        if n > total {
+            return Err(SriovError::TooMany {
+                requested: n,
+                total,
+            });
+        }
+        let deadline = Instant::now() + timeout;
+        let current = self.num_vfs()?;
+        if current != n {
+            if current != 0 && n != 0 {
+                self.write_count(0)?;
+                self.wait_for(0, deadline)?;
+            }
+            self.write_count(n)?;
+        }
+        // Also when nothing was written: a retried call returns only once the VFs are there.
+        self.wait_for(n, deadline)
+    }
+
+    /// The function behind `virtfn<i>`.
+    pub fn vf(&self, i: u32) -> Result<PciFunction, SriovError> {
+        let link = self.dir.join(format!("virtfn{i}"));
+        let target = std::fs::read_link(&link).map_err(|_| SriovError::NoSuchVf(i))?;
+        let bdf = target
+            .file_name()
+            .and_then(|name| name.to_str())
+            .ok_or(SriovError::BadVfLink { index: i })?;
+        let bdf = PciBdf::parse(bdf).map_err(|_| SriovError::BadVfLink { index: i })?;
+        PciFunction::open_dir(bdf, link).map_err(SriovError::Vf)
+    }
+
+    fn read_count(&self, name: &str) -> Result<u32, SriovError> {
+        let path = self.dir.join(name);
+        let text = read_attr(&path).map_err(|source| SriovError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        text.trim().parse().map_err(|_| SriovError::Malformed(path))
+    }
+
+    fn write_count(&self, n: u32) -> Result<(), SriovError> {
+        let path = self.dir.join("sriov_numvfs");
+        write_attr(&path, &format!("{n}\n")).map_err(|source| SriovError::Io { path, source })
+    }
+
+    /// Whether the kernel has finished: the count reads back `n` and exactly virtfn0..n-1 exist.
+    fn settled(&self, n: u32) -> Result<bool, SriovError> {
+        let exists = |i: u32| {
+            self.dir
+                .join(format!("virtfn{i}"))
+                .symlink_metadata()
+                .is_ok()
+        };
+        Ok(self.num_vfs()? == n && (0..n).all(exists) && !exists(n))
+    }
+
+    fn wait_for(&self, n: u32, deadline: Instant) -> Result<(), SriovError> {
+        loop {
+            // A count that is briefly unreadable or malformed mid-change is not fatal here.
+            if matches!(self.settled(n), Ok(true)) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(SriovError::Timeout(n));
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+}

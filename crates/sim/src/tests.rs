@@ -1,0 +1,445 @@
+//! Simulator tests, through the hardware crate (the same path the daemon takes).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::*;
+use accelgate_hw::{
+    FwUpload, FwUploadError, HwRoot, PciBdf, PciError, PciFunction, SliceWindow, Sriov, SriovError,
+    Width,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let path = std::env::temp_dir().join(format!(
+            "accelgate-sim-{tag}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn bdf(text: &str) -> PciBdf {
+    PciBdf::parse(text).unwrap()
+}
+
+fn standard(tag: &str) -> (TempDir, HwRoot) {
+    let dir = TempDir::new(tag);
+    build(&dir.0, &SimSpec::standard()).unwrap();
+    let root = HwRoot::new(&dir.0);
+    (dir, root)
+}
+
+fn region_regs(root: &HwRoot, region: u64) -> (u64, u64, u64) {
+    let fpga = PciFunction::open(root, &bdf("0000:3b:00.0")).unwrap();
+    let window =
+        SliceWindow::open(&fpga.resource_path(0), 0x10000 * (region + 1), 0x10000).unwrap();
+    let id = window.read(REG_REGION_ID, 1, Width::U32).unwrap()[0];
+    let status = window.read(REG_IMAGE_STATUS, 1, Width::U64).unwrap()[0];
+    let tag = window.read(REG_IMAGE_TAG, 1, Width::U64).unwrap()[0];
+    (id, status, tag)
+}
+
+fn test_image(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn upload(entry: &FwUpload, image: &[u8]) -> (Result<(), FwUploadError>, Vec<f64>) {
+    let mut seen = Vec::new();
+    let result = entry.upload(
+        image,
+        &mut |p| seen.push(p),
+        &AtomicBool::new(false),
+        TIMEOUT,
+    );
+    (result, seen)
+}
+
+#[test]
+fn standard_tree_matches_the_contract() {
+    let (dir, root) = standard("layout");
+    let fpga = PciFunction::open(&root, &bdf("0000:3b:00.0")).unwrap();
+    assert_eq!(
+        (fpga.vendor, fpga.device, fpga.class),
+        (0xacce, 0x0f01, 0x12_0000)
+    );
+    assert_eq!(fpga.driver.as_deref(), Some("accelgate-sim"));
+    let bar = fpga.bar(0).unwrap();
+    assert_eq!(bar.size, 1 << 20);
+    assert!(bar.is_memory);
+    assert!(matches!(fpga.bar(1), Err(PciError::BarUnused(1))));
+    assert!(matches!(fpga.bar(6), Err(PciError::NoSuchBar(6))));
+    let text = std::fs::read_to_string(fpga.dir.join("resource")).unwrap();
+    assert_eq!(text.lines().count(), 13);
+    assert!(text
+        .lines()
+        .next()
+        .unwrap()
+        .ends_with(" 0x0000000000040200"));
+    let window = SliceWindow::open(&fpga.resource_path(0), 0, 0x100).unwrap();
+    assert_eq!(
+        window.read(REG_ID, 1, Width::U32).unwrap(),
+        vec![0xacce_f001]
+    );
+    assert_eq!(region_regs(&root, 0), (0xacce_0000, 0, 0));
+    assert_eq!(region_regs(&root, 1), (0xacce_0001, 0, 0));
+
+    let nic = PciFunction::open(&root, &bdf("0000:5e:00.0")).unwrap();
+    assert_eq!(
+        (nic.vendor, nic.device, nic.class),
+        (0xacce, 0x0e01, 0x02_0000)
+    );
+    assert_eq!(nic.bar(0).unwrap().size, 64 << 10);
+    let sriov = Sriov::new(&nic).unwrap();
+    assert_eq!(
+        (sriov.total_vfs().unwrap(), sriov.num_vfs().unwrap()),
+        (8, 0)
+    );
+    assert!(matches!(
+        Sriov::new(&fpga),
+        Err(SriovError::NotSupported(_))
+    ));
+    assert!(matches!(
+        PciFunction::open(&root, &bdf("0000:3b:00.1")),
+        Err(PciError::NotFound(_))
+    ));
+    for name in [
+        "fpga0-region0",
+        "fpga0-region1",
+        "fpga0-flash",
+        "nic0-personality",
+    ] {
+        let entry = FwUpload::open(&root, name).unwrap();
+        assert_eq!(entry.status().unwrap(), "idle");
+        assert_eq!(entry.last_error().unwrap(), "");
+    }
+    for bad in ["..", ".", "a/b", ""] {
+        assert!(matches!(
+            FwUpload::open(&root, bad),
+            Err(FwUploadError::InvalidName(_))
+        ));
+    }
+    assert!(matches!(
+        FwUpload::open(&root, "nope"),
+        Err(FwUploadError::NotFound(_))
+    ));
+    assert!(dir.0.join(MANIFEST).is_file());
+}
+
+#[test]
+fn vf_addresses_follow_the_routing_id() {
+    assert_eq!(tree::vf_bdf("0000:5e:00.0", 0), "0000:5e:00.1");
+    assert_eq!(tree::vf_bdf("0000:5e:00.0", 6), "0000:5e:00.7");
+    assert_eq!(tree::vf_bdf("0000:5e:00.0", 7), "0000:5e:01.0");
+    assert_eq!(tree::vf_bdf("0000:10:00.0", 254), "0000:10:1f.7");
+}
+
+#[test]
+fn sriov_create_shrink_grow_through_the_emulator() {
+    let (dir, root) = standard("sriov");
+    let _emulator = Emulator::start(&dir.0).unwrap();
+    let nic = PciFunction::open(&root, &bdf("0000:5e:00.0")).unwrap();
+    let sriov = Sriov::new(&nic).unwrap();
+    let vf_dirs = |n| -> Vec<bool> {
+        (0..8)
+            .map(|i| {
+                root.pci_device_dir(&bdf(&tree::vf_bdf("0000:5e:00.0", i)))
+                    .exists()
+            })
+            .take(n)
+            .collect()
+    };
+
+    sriov.set_num_vfs(4, TIMEOUT).unwrap();
+    assert_eq!(sriov.num_vfs().unwrap(), 4);
+    assert_eq!(
+        vf_dirs(8),
+        [true, true, true, true, false, false, false, false]
+    );
+    let vf3 = sriov.vf(3).unwrap();
+    assert_eq!(
+        (vf3.bdf.as_str(), vf3.vendor, vf3.device),
+        ("0000:5e:00.4", 0xacce, 0x0e02)
+    );
+    assert_eq!(vf3.bar(0).unwrap().size, 16 << 10);
+    assert_eq!(
+        std::fs::read_link(vf3.dir.join("physfn")).unwrap(),
+        Path::new("../0000:5e:00.0")
+    );
+    let window = SliceWindow::open(&vf3.resource_path(0), 0, 16 << 10).unwrap();
+    assert_eq!(window.read(0, 1, Width::U32).unwrap(), vec![0xacce_e103]);
+    window.write(0x100, &[0xdead], Width::U32).unwrap();
+    drop(window);
+
+    sriov.set_num_vfs(2, TIMEOUT).unwrap();
+    assert_eq!(
+        vf_dirs(8),
+        [true, true, false, false, false, false, false, false]
+    );
+    assert!(matches!(sriov.vf(2), Err(SriovError::NoSuchVf(2))));
+
+    sriov.set_num_vfs(7, TIMEOUT).unwrap();
+    assert_eq!(sriov.num_vfs().unwrap(), 7);
+    let vf3 = sriov.vf(3).unwrap();
+    let window = SliceWindow::open(&vf3.resource_path(0), 0, 16 << 10).unwrap();
+    // A recreated VF has fresh BAR contents.
+    assert_eq!(window.read(0x100, 1, Width::U32).unwrap(), vec![0]);
+    let vf6 = sriov.vf(6).unwrap();
+    assert_eq!(vf6.bdf, "0000:5e:00.7");
+    let window = SliceWindow::open(&vf6.resource_path(0), 0, 4).unwrap();
+    assert_eq!(window.read(0, 1, Width::U32).unwrap(), vec![0xacce_e106]);
+
+    // Retrying the same count is a no-op that succeeds.
+    sriov.set_num_vfs(7, TIMEOUT).unwrap();
+    assert!(matches!(
+        sriov.set_num_vfs(9, TIMEOUT),
+        Err(SriovError::TooMany {
+            requested: 9,
+            total: 8
+        })
+    ));
+    assert_eq!(sriov.num_vfs().unwrap(), 7);
+
+    // A bad write straight to sysfs is rejected by "the kernel": old value back, VFs kept.
+    std::fs::write(nic.dir.join("sriov_numvfs"), "9\n").unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while sriov.num_vfs().ok() != Some(7) {
+        assert!(Instant::now() < deadline, "sriov_numvfs not restored");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(vf_dirs(8).iter().filter(|&&e| e).count(), 7);
+
+    sriov.set_num_vfs(0, TIMEOUT).unwrap();
+    assert_eq!(vf_dirs(8), [false; 8]);
+}
+
+#[test]
+fn region_upload_sets_and_blank_clears_the_image() {
+    let (dir, root) = standard("region");
+    let _emulator = Emulator::start(&dir.0).unwrap();
+    let entry = FwUpload::open(&root, "fpga0-region1").unwrap();
+    let image = test_image(300_000, 7);
+    let (result, progress) = upload(&entry, &image);
+    result.unwrap();
+    assert_eq!(progress.last().copied(), Some(1.0));
+    assert!(progress.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
+    assert!(progress.iter().all(|p| (0.0..=1.0).contains(p)));
+    let tag = image_tag(&image).unwrap();
+    let mut expected = [0u8; 8];
+    expected.copy_from_slice(&<sha2::Sha256 as sha2::Digest>::digest(&image)[..8]);
+    assert_eq!(tag, u64::from_le_bytes(expected));
+    assert_eq!(region_regs(&root, 1), (0xacce_0001, 1, tag));
+    assert_eq!(
+        region_regs(&root, 0),
+        (0xacce_0000, 0, 0),
+        "other region untouched"
+    );
+    assert_eq!(entry.status().unwrap(), "idle");
+    assert_eq!(entry.last_error().unwrap(), "");
+
+    let (result, _) = upload(&entry, &vec![0u8; 4096]);
+    result.unwrap();
+    assert_eq!(region_regs(&root, 1), (0xacce_0001, 0, 0));
+
+    let (result, _) = upload(&entry, &[]);
+    assert!(
+        matches!(&result, Err(FwUploadError::Device(e)) if e == "preparing:invalid-file-size"),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn personality_upload_sets_the_tag() {
+    let (dir, root) = standard("personality");
+    let _emulator = Emulator::start(&dir.0).unwrap();
+    let entry = FwUpload::open(&root, "nic0-personality").unwrap();
+    let image = test_image(5000, 3);
+    upload(&entry, &image).0.unwrap();
+    let nic = PciFunction::open(&root, &bdf("0000:5e:00.0")).unwrap();
+    let window = SliceWindow::open(&nic.resource_path(0), 0, 0x100).unwrap();
+    assert_eq!(
+        window.read(REG_PERSONALITY_TAG, 1, Width::U64).unwrap(),
+        vec![image_tag(&image).unwrap()]
+    );
+}
+
+#[test]
+fn cancel_during_transfer_applies_nothing() {
+    let (dir, root) = standard("cancel");
+    let _emulator = Emulator::start(&dir.0).unwrap();
+    let entry = FwUpload::open(&root, "fpga0-region0").unwrap();
+    let cancel = AtomicBool::new(false);
+    // Ask for cancellation as soon as the transfer reports progress.
+    let result = entry.upload(
+        &test_image(8 << 20, 1),
+        &mut |_| cancel.store(true, Ordering::Relaxed),
+        &cancel,
+        TIMEOUT,
+    );
+    assert!(
+        matches!(result, Err(FwUploadError::Cancelled)),
+        "{result:?}"
+    );
+    assert_eq!(entry.status().unwrap(), "idle");
+    assert_eq!(entry.last_error().unwrap(), "transferring:user-abort");
+    assert_eq!(region_regs(&root, 0), (0xacce_0000, 0, 0));
+
+    // The entry is usable again afterwards.
+    upload(&entry, &test_image(1000, 2)).0.unwrap();
+    assert_eq!(region_regs(&root, 0).1, 1);
+}
+
+#[test]
+fn busy_entry_is_refused_and_sriov_is_not_delayed() {
+    let (dir, root) = standard("busy");
+    let _emulator = Emulator::start(&dir.0).unwrap();
+    let entry = FwUpload::open(&root, "fpga0-region0").unwrap();
+    let image = test_image(16 << 20, 9); // ~250 ms of simulated transfer
+    std::thread::scope(|scope| {
+        let running = scope.spawn(|| upload(&entry, &image).0);
+        let deadline = Instant::now() + TIMEOUT;
+        while entry.status().unwrap() == "idle" {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let second = upload(&entry, &[1, 2, 3]).0;
+        assert!(matches!(second, Err(FwUploadError::Busy(_))), "{second:?}");
+
+        // SR-IOV changes are handled while the upload runs.
+        let nic = PciFunction::open(&root, &bdf("0000:5e:00.0")).unwrap();
+        Sriov::new(&nic).unwrap().set_num_vfs(3, TIMEOUT).unwrap();
+        assert_ne!(
+            entry.status().unwrap(),
+            "idle",
+            "sriov waited for the upload"
+        );
+
+        running.join().unwrap().unwrap();
+    });
+    assert_eq!(region_regs(&root, 0).2, image_tag(&image).unwrap());
+}
+
+#[test]
+fn rebuild_repairs_an_interrupted_tree() {
+    let (dir, root) = standard("rebuild");
+    let entry_dir = root.fw_upload_dir("fpga0-region0");
+    // A crash mid-upload, and VFs requested but never created.
+    std::fs::write(entry_dir.join("status"), "transferring\n").unwrap();
+    std::fs::write(entry_dir.join("data"), test_image(100, 5)).unwrap();
+    let nic_dir = root.pci_device_dir(&bdf("0000:5e:00.0"));
+    std::fs::write(nic_dir.join("sriov_numvfs"), "3\n").unwrap();
+    // Register contents survive a rebuild.
+    let fpga = PciFunction::open(&root, &bdf("0000:3b:00.0")).unwrap();
+    SliceWindow::open(&fpga.resource_path(0), 0x10000, 0x10000)
+        .unwrap()
+        .write(0x100, &[0x1234], Width::U64)
+        .unwrap();
+
+    build(&dir.0, &SimSpec::standard()).unwrap();
+    let entry = FwUpload::open(&root, "fpga0-region0").unwrap();
+    assert_eq!(entry.status().unwrap(), "idle");
+    assert_eq!(entry.last_error().unwrap(), "transferring:hw-error");
+    assert_eq!(region_regs(&root, 0), (0xacce_0000, 0, 0));
+    let sriov = Sriov::new(&PciFunction::open(&root, &bdf("0000:5e:00.0")).unwrap()).unwrap();
+    assert_eq!(sriov.vf(2).unwrap().bdf, "0000:5e:00.3");
+    assert!(matches!(sriov.vf(3), Err(SriovError::NoSuchVf(3))));
+    let window = SliceWindow::open(&fpga.resource_path(0), 0x10000, 0x10000).unwrap();
+    assert_eq!(window.read(0x100, 1, Width::U64).unwrap(), vec![0x1234]);
+
+    // Shrinking by a crash: a stale VF 2 (count says 2) disappears on rebuild.
+    std::fs::write(nic_dir.join("sriov_numvfs"), "2\n").unwrap();
+    build(&dir.0, &SimSpec::standard()).unwrap();
+    assert!(matches!(sriov.vf(2), Err(SriovError::NoSuchVf(2))));
+    assert!(!root.pci_device_dir(&bdf("0000:5e:00.3")).exists());
+    assert!(sriov.vf(1).is_ok());
+
+    // A second rebuild of a healthy tree changes nothing.
+    build(&dir.0, &SimSpec::standard()).unwrap();
+    assert_eq!(entry.last_error().unwrap(), "transferring:hw-error");
+    assert_eq!(sriov.num_vfs().unwrap(), 2);
+}
+
+#[test]
+fn scale_tree_builds_fast() {
+    let dir = TempDir::new("scale");
+    let spec = SimSpec::scale(64, 64);
+    let started = Instant::now();
+    build(&dir.0, &spec).unwrap();
+    let fresh = started.elapsed();
+    let started = Instant::now();
+    build(&dir.0, &spec).unwrap();
+    let reused = started.elapsed();
+    eprintln!("scale(64, 64) build: fresh {fresh:?}, reused {reused:?}");
+    // Creating ~1300 inodes is quick on tmpfs (tens of ms) but each one can take ~1 ms on a
+    // disk shared with parallel compilers, so the time budget is only enforced on tmpfs
+    // (run with TMPDIR=/dev/shm to check it).
+    if on_tmpfs(&dir.0) {
+        assert!(
+            fresh < Duration::from_millis(500),
+            "fresh build took {fresh:?}"
+        );
+        assert!(
+            reused < Duration::from_millis(500),
+            "rebuild took {reused:?}"
+        );
+    }
+    let root = HwRoot::new(&dir.0);
+    let last = PciFunction::open(&root, &bdf("0000:4f:00.0")).unwrap();
+    let sriov = Sriov::new(&last).unwrap();
+    assert_eq!(sriov.total_vfs().unwrap(), 64);
+    assert!(FwUpload::open(&root, "nic63-personality").is_ok());
+
+    let _emulator = Emulator::start(&dir.0).unwrap();
+    sriov.set_num_vfs(64, TIMEOUT).unwrap();
+    assert_eq!(sriov.vf(63).unwrap().bdf, "0000:4f:08.0");
+}
+
+fn on_tmpfs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+}
+
+#[test]
+fn upload_without_a_responding_device_times_out_and_early_cancel_touches_nothing() {
+    let (_dir, root) = standard("noemu");
+    let entry = FwUpload::open(&root, "fpga0-region0").unwrap();
+    let loading = root.fw_upload_dir("fpga0-region0").join("loading");
+
+    let cancel = AtomicBool::new(true);
+    let result = entry.upload(&[1], &mut |_| {}, &cancel, TIMEOUT);
+    assert!(
+        matches!(result, Err(FwUploadError::Cancelled)),
+        "{result:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&loading).unwrap(), "0\n");
+
+    let started = Instant::now();
+    let result = entry.upload(
+        &[1],
+        &mut |_| {},
+        &AtomicBool::new(false),
+        Duration::from_millis(50),
+    );
+    assert!(matches!(result, Err(FwUploadError::Timeout)), "{result:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // The half-started load was aborted.
+    assert_eq!(std::fs::read_to_string(&loading).unwrap(), "-1");
+}

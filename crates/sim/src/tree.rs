@@ -1,0 +1,358 @@
+//! Layout of the simulated sysfs tree, building it, and the parts of "the kernel" that both the
+//! builder and the emulator perform: creating/removing VFs and repairing firmware entries.
+
+use std::path::{Path, PathBuf};
+
+use super::files::{
+    create_if_missing, ensure_bar, ensure_symlink, read_attr, remove_if_present, write_atomic,
+};
+use super::spec::{FwEffect, PfSpec, SimSpec, VfSpec, REG_ID, REG_REGION_ID};
+use super::SimError;
+use accelgate_hw::PciBdf;
+
+/// Name of the manifest inside the simulation directory.
+pub const MANIFEST: &str = "sim.json";
+const DRIVER: &str = "accelgate-sim";
+/// Files of a firmware-upload entry and their initial contents.
+const FW_FILES: [(&str, &str); 6] = [
+    ("loading", "0\n"),
+    ("data", ""),
+    ("status", "idle\n"),
+    ("remaining_size", "0\n"),
+    ("error", "\n"),
+    ("cancel", ""),
+];
+/// `IORESOURCE_MEM | IORESOURCE_SIZEALIGN`, as simspec.md prescribes for BAR0.
+const BAR_FLAGS: u64 = 0x40200;
+/// Lines in the kernel's `resource` file for an endpoint: 6 BARs, ROM, 6 SR-IOV BARs.
+const RESOURCE_LINES: usize = 13;
+/// First SR-IOV resource line (the VF BAR0 aperture of a PF).
+const IOV_RESOURCE_LINE: usize = 7;
+
+/// The simulated tree: its root and what it contains.
+#[derive(Clone, Debug)]
+pub(crate) struct Tree {
+    pub root: PathBuf,
+    pub spec: SimSpec,
+}
+
+impl Tree {
+    pub fn new(root: &Path, spec: SimSpec) -> Result<Self, SimError> {
+        for pf in &spec.functions {
+            PciBdf::parse(&pf.bdf).map_err(|_| SimError::InvalidSpec(pf.bdf.clone()))?;
+            if pf.sriov.as_ref().is_some_and(|vfs| vfs.total > 255) {
+                return Err(SimError::InvalidSpec(format!("{}: too many VFs", pf.name)));
+            }
+        }
+        for entry in &spec.fw_uploads {
+            let name = &entry.name;
+            if name.is_empty() || name.starts_with('.') || name.contains('/') {
+                return Err(SimError::InvalidSpec(name.clone()));
+            }
+        }
+        Ok(Tree {
+            root: root.to_path_buf(),
+            spec,
+        })
+    }
+
+    /// Reads the manifest of a built tree.
+    pub fn load(root: &Path) -> Result<Self, SimError> {
+        let path = root.join(MANIFEST);
+        let text = std::fs::read_to_string(&path).map_err(SimError::io(&path))?;
+        let spec = serde_json::from_str(&text).map_err(SimError::Manifest)?;
+        Tree::new(root, spec)
+    }
+
+    fn sys(&self) -> PathBuf {
+        self.root.join("sys")
+    }
+
+    /// Real directory of a function: `sys/devices/pci<dddd>:<bb>/<bdf>`.
+    pub fn function_dir(&self, bdf: &str) -> PathBuf {
+        self.sys()
+            .join("devices")
+            .join(format!("pci{}", &bdf[..7]))
+            .join(bdf)
+    }
+
+    pub fn fw_dir(&self, name: &str) -> PathBuf {
+        self.sys().join("class/firmware").join(name)
+    }
+
+    pub fn pf_by_bdf(&self, bdf: &str) -> Option<&PfSpec> {
+        self.spec.functions.iter().find(|pf| pf.bdf == bdf)
+    }
+
+    /// Builds whatever is missing and repairs what a crash left behind; keeps BAR contents.
+    pub fn build(&self) -> Result<(), SimError> {
+        let sys = self.sys();
+        for dir in ["bus/pci/devices", "bus/pci/drivers", "class/firmware"] {
+            mkdir_all(&sys.join(dir))?;
+        }
+        mkdir_all(&sys.join("bus/pci/drivers").join(DRIVER))?;
+        for (index, pf) in self.spec.functions.iter().enumerate() {
+            self.build_pf(index, pf)?;
+        }
+        for entry in &self.spec.fw_uploads {
+            self.build_fw_entry(&entry.name)?;
+            if entry.effect == FwEffect::Flash {
+                super::flash::build(self, entry)?;
+            }
+        }
+        for pf in &self.spec.functions {
+            if pf.sriov.is_some() {
+                self.reconcile_vfs(pf)?;
+            }
+        }
+        let manifest = serde_json::to_string_pretty(&self.spec).map_err(SimError::Manifest)?;
+        write_atomic(&self.root.join(MANIFEST), &manifest)
+    }
+
+    fn build_pf(&self, index: usize, pf: &PfSpec) -> Result<(), SimError> {
+        let dir = self.function_dir(&pf.bdf);
+        mkdir_all(&dir)?;
+        let bar_start = 0x2000_0000_0000 + ((index as u64) << 32);
+        let mut resources = vec![(bar_start, pf.bar0_size)];
+        if let Some(vfs) = &pf.sriov {
+            resources.resize(IOV_RESOURCE_LINE, (0, 0));
+            resources.push((vf_bar_base(bar_start), vfs.bar0_size * u64::from(vfs.total)));
+            write_file(&dir.join("sriov_totalvfs"), &format!("{}\n", vfs.total))?;
+            create_if_missing(&dir.join("sriov_numvfs"), "0\n")?;
+        }
+        let mut registers = vec![(REG_ID, pf.id)];
+        for (n, region) in pf.regions.iter().enumerate() {
+            registers.push((region.offset + REG_REGION_ID, 0xacce_0000 | n as u32));
+        }
+        let identity = Identity {
+            vendor: pf.vendor,
+            device: pf.device,
+            class: pf.class,
+        };
+        self.write_function(&dir, &identity, &resources, pf.bar0_size, &registers)?;
+        self.link_function(&pf.bdf)
+    }
+
+    /// Identity files, `resource`, `resource0` and the ID registers (rewritten every time:
+    /// they are read-only in hardware, so a build restores them).
+    fn write_function(
+        &self,
+        dir: &Path,
+        identity: &Identity,
+        resources: &[(u64, u64)],
+        bar0_size: u64,
+        registers: &[(u64, u32)],
+    ) -> Result<(), SimError> {
+        write_file(&dir.join("vendor"), &format!("{:#06x}\n", identity.vendor))?;
+        write_file(&dir.join("device"), &format!("{:#06x}\n", identity.device))?;
+        write_file(&dir.join("class"), &format!("{:#08x}\n", identity.class))?;
+        let mut resource = String::with_capacity(RESOURCE_LINES * 57);
+        for line in 0..RESOURCE_LINES {
+            let (start, end, flags) = match resources.get(line) {
+                Some(&(start, size)) if size > 0 => (start, start + size - 1, BAR_FLAGS),
+                _ => (0, 0, 0),
+            };
+            resource.push_str(&format!("{start:#018x} {end:#018x} {flags:#018x}\n"));
+        }
+        write_file(&dir.join("resource"), &resource)?;
+        let bar = dir.join("resource0");
+        ensure_bar(&bar, bar0_size, registers)?;
+        ensure_symlink(
+            Path::new(&format!("../../../bus/pci/drivers/{DRIVER}")),
+            &dir.join("driver"),
+        )
+    }
+
+    /// `sys/bus/pci/devices/<bdf>` -> the real directory.
+    fn link_function(&self, bdf: &str) -> Result<(), SimError> {
+        let target = format!("../../../devices/pci{}/{bdf}", &bdf[..7]);
+        ensure_symlink(
+            Path::new(&target),
+            &self.sys().join("bus/pci/devices").join(bdf),
+        )
+    }
+
+    fn build_fw_entry(&self, name: &str) -> Result<(), SimError> {
+        let dir = self.fw_dir(name);
+        mkdir_all(&dir)?;
+        for (file, initial) in FW_FILES {
+            create_if_missing(&dir.join(file), initial)?;
+        }
+        // An upload that was running when the previous emulator died did not complete.
+        let status = read_attr(&dir.join("status")).unwrap_or_default();
+        if status != "idle" {
+            write_atomic(&dir.join("error"), &format!("{status}:hw-error\n"))?;
+            write_atomic(&dir.join("remaining_size"), "0\n")?;
+            write_atomic(&dir.join("status"), "idle\n")?;
+        }
+        Ok(())
+    }
+
+    /// Number of VFs that currently exist (virtfn0.. without a gap).
+    pub fn existing_vfs(&self, pf: &PfSpec) -> u32 {
+        let dir = self.function_dir(&pf.bdf);
+        let total = pf.sriov.as_ref().map_or(0, |vfs| vfs.total);
+        (0..total)
+            .take_while(|i| dir.join(format!("virtfn{i}")).symlink_metadata().is_ok())
+            .count() as u32
+    }
+
+    /// Makes the VFs match `sriov_numvfs`; a malformed or too large count is replaced by the
+    /// number of VFs that exist (as the kernel rejects the write and keeps its state).
+    pub fn reconcile_vfs(&self, pf: &PfSpec) -> Result<(), SimError> {
+        let Some(vfs) = &pf.sriov else {
+            return Ok(());
+        };
+        let dir = self.function_dir(&pf.bdf);
+        let numvfs = dir.join("sriov_numvfs");
+        let wanted = read_attr(&numvfs).and_then(|text| text.trim().parse::<u32>().ok());
+        let wanted = match wanted {
+            Some(n) if n <= vfs.total => n,
+            _ => {
+                let existing = self.existing_vfs(pf);
+                write_atomic(&numvfs, &format!("{existing}\n"))?;
+                existing
+            }
+        };
+        // One directory listing each instead of a lookup per possible VF: building many PFs
+        // with many VFs must stay fast.
+        let links = self.listed_vfs(pf, &dir, |name| name.strip_prefix("virtfn")?.parse().ok());
+        let pf_devfn = devfn(&pf.bdf);
+        let dirs = match dir.parent() {
+            Some(bus_dir) => self.listed_vfs(pf, bus_dir, |name| {
+                // Validated first: slicing needs a well-formed ASCII address.
+                (PciBdf::parse(name).is_ok() && name[..7] == pf.bdf[..7] && name != pf.bdf)
+                    .then(|| devfn(name).checked_sub(pf_devfn + 1))
+                    .flatten()
+            }),
+            None => Vec::new(),
+        };
+        // Removal from the top down, creation from the bottom up, so virtfn0.. stay gap-free.
+        let mut stale: Vec<u32> = links
+            .iter()
+            .chain(&dirs)
+            .copied()
+            .filter(|&i| i >= wanted)
+            .collect();
+        stale.sort_unstable_by(|a, b| b.cmp(a));
+        stale.dedup();
+        for i in stale {
+            let vf_bdf = vf_bdf(&pf.bdf, i);
+            let vf_dir = self.function_dir(&vf_bdf);
+            self.remove_vf(&dir.join(format!("virtfn{i}")), &vf_bdf, &vf_dir)?;
+        }
+        for i in 0..wanted {
+            if !links.contains(&i) {
+                self.create_vf(pf, vfs, i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// VF indexes (below the PF's total) named by entries of `dir`, via `index_of`.
+    fn listed_vfs(
+        &self,
+        pf: &PfSpec,
+        dir: &Path,
+        index_of: impl Fn(&str) -> Option<u32>,
+    ) -> Vec<u32> {
+        let total = pf.sriov.as_ref().map_or(0, |vfs| vfs.total);
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|entry| index_of(entry.ok()?.file_name().to_str()?))
+            .filter(|&i| i < total)
+            .collect()
+    }
+
+    fn remove_vf(&self, link: &Path, vf_bdf: &str, vf_dir: &Path) -> Result<(), SimError> {
+        remove_if_present(link)?;
+        remove_if_present(&self.sys().join("bus/pci/devices").join(vf_bdf))?;
+        match std::fs::remove_dir_all(vf_dir) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                Err(SimError::io(vf_dir)(err))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A fresh VF: its directory (replacing any half-made one), then the bus link, then
+    /// `virtfn<i>` last, so the PF link means "complete".
+    fn create_vf(&self, pf: &PfSpec, vfs: &VfSpec, i: u32) -> Result<(), SimError> {
+        let vf_bdf = vf_bdf(&pf.bdf, i);
+        let vf_dir = self.function_dir(&vf_bdf);
+        if vf_dir.exists() {
+            std::fs::remove_dir_all(&vf_dir).map_err(SimError::io(&vf_dir))?;
+        }
+        std::fs::create_dir(&vf_dir).map_err(SimError::io(&vf_dir))?;
+        let index = self
+            .spec
+            .functions
+            .iter()
+            .position(|f| f.bdf == pf.bdf)
+            .unwrap_or(0);
+        let base = vf_bar_base(0x2000_0000_0000 + ((index as u64) << 32));
+        let identity = Identity {
+            vendor: pf.vendor,
+            device: vfs.device,
+            class: vfs.class,
+        };
+        let start = base + u64::from(i) * vfs.bar0_size;
+        self.write_function(
+            &vf_dir,
+            &identity,
+            &[(start, vfs.bar0_size)],
+            vfs.bar0_size,
+            &[(REG_ID, vfs.id_base | i)],
+        )?;
+        ensure_symlink(Path::new(&format!("../{}", pf.bdf)), &vf_dir.join("physfn"))?;
+        self.link_function(&vf_bdf)?;
+        ensure_symlink(
+            Path::new(&format!("../{vf_bdf}")),
+            &self.function_dir(&pf.bdf).join(format!("virtfn{i}")),
+        )
+    }
+}
+
+struct Identity {
+    vendor: u16,
+    device: u16,
+    class: u32,
+}
+
+/// VF BAR0 aperture of the PF whose BAR0 starts at `pf_bar`.
+fn vf_bar_base(pf_bar: u64) -> u64 {
+    pf_bar + 0x8000_0000
+}
+
+/// Device and function of a validated PCI address as one number (the routing ID's low byte).
+fn devfn(bdf: &str) -> u32 {
+    let device = u32::from_str_radix(&bdf[8..10], 16).unwrap_or(0);
+    let function = u32::from_str_radix(&bdf[11..12], 16).unwrap_or(0);
+    device << 3 | function
+}
+
+/// PCI address of VF `i` of a PF: routing ID = PF devfn + 1 + i (first VF offset 1, stride 1).
+pub(crate) fn vf_bdf(pf_bdf: &str, i: u32) -> String {
+    let devfn = devfn(pf_bdf) + 1 + i;
+    format!(
+        "{}:{:02x}.{:x}",
+        &pf_bdf[..7],
+        (devfn >> 3) & 0x1f,
+        devfn & 7
+    )
+}
+
+fn mkdir_all(dir: &Path) -> Result<(), SimError> {
+    std::fs::create_dir_all(dir).map_err(SimError::io(dir))
+}
+
+/// Writes `path` unless it already holds `contents`: reusing a tree then costs reads only,
+/// which matters on a busy disk where every metadata update is journaled.
+fn write_file(path: &Path, contents: &str) -> Result<(), SimError> {
+    if std::fs::read(path).is_ok_and(|existing| existing == contents.as_bytes()) {
+        return Ok(());
+    }
+    std::fs::write(path, contents).map_err(SimError::io(path))
+}

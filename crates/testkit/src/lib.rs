@@ -1,0 +1,587 @@
+//! Test harness, shared by the integration tests and the benchmark: a private dbus-daemon,
+//! the real `accelgated` on simulated hardware, test users and groups, and `accelctl` run as
+//! those users (see also [`polkit`] for a real polkitd on the private bus).
+//!
+//! Needs root (to create users, run the daemon as root and clients as others) and
+//! `dbus-daemon`; a test that lacks either fails with a message saying so.
+
+pub mod polkit;
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const TENANT_GROUP: &str = "accel-tenants";
+pub const OPERATOR_GROUP: &str = "accel-operators";
+pub const ADMIN_GROUP: &str = "accel-admins";
+
+/// Test users: (name, supplementary group or "").
+pub const USERS: &[(&str, &str)] = &[
+    ("ag-tenant1", TENANT_GROUP),
+    ("ag-tenant2", TENANT_GROUP),
+    ("ag-operator", OPERATOR_GROUP),
+    ("ag-admin", ADMIN_GROUP),
+    ("ag-nobody", ""),
+];
+
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "these tests must run as root: they create test users and run the daemon as root and clients as other users"
+    );
+}
+
+pub fn require_binary(name: &str, package: &str) -> PathBuf {
+    for dir in [
+        "/usr/bin",
+        "/usr/sbin",
+        "/bin",
+        "/sbin",
+        "/usr/lib/polkit-1",
+        "/usr/libexec",
+    ] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{name} is required for this test but is not installed (Debian package {package})");
+}
+
+/// Creates the test groups and users once per machine, idempotently and safely when several
+/// test binaries race (an exclusive lock file serializes them).
+pub fn ensure_users() {
+    require_root();
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open("/tmp/accelgate-test-users.lock")
+        .unwrap();
+    let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    for g in [TENANT_GROUP, OPERATOR_GROUP, ADMIN_GROUP] {
+        if nix::unistd::Group::from_name(g).unwrap().is_none() {
+            run_ok(Command::new("groupadd").args(["--system", g]));
+        }
+    }
+    for (user, group) in USERS {
+        if nix::unistd::User::from_name(user).unwrap().is_none() {
+            let mut cmd = Command::new("useradd");
+            cmd.args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+            ]);
+            if !group.is_empty() {
+                cmd.args(["--groups", group]);
+            }
+            cmd.arg(user);
+            run_ok(&mut cmd);
+        }
+    }
+}
+
+pub fn uid_of(user: &str) -> u32 {
+    nix::unistd::User::from_name(user)
+        .unwrap()
+        .unwrap_or_else(|| panic!("no user {user}"))
+        .uid
+        .as_raw()
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A fresh directory for one test, readable by the test users (they reach the bus socket in it).
+pub fn test_dir(name: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "accelgate-test-{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel)
+}
+
+/// A binary of the workspace (`accelgated`, `accelctl`), from the target directory the running
+/// test or benchmark was built into: `cargo build --bins` (or `cargo bench`) builds them first.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    // <target>/<profile>/deps/<test>-<hash>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests run from <target>/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the binaries first (cargo build --bins, as scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A private system-type dbus-daemon with the project's bus policy included.
+pub struct TestBus {
+    child: Child,
+    pub address: String,
+    pub dir: PathBuf,
+}
+
+impl TestBus {
+    pub fn start(dir: &Path) -> TestBus {
+        let dbus_daemon = require_binary("dbus-daemon", "dbus-daemon");
+        let socket = dir.join("bus");
+        let conf = dir.join("bus.conf");
+        let project_policy = repo_path("dbus/org.accelgate.Accel1.conf");
+        let template = fs::read_to_string(repo_path("scripts/private-bus.conf.in")).unwrap();
+        let text = template
+            .replace("@SOCKET@", &socket.display().to_string())
+            .replace("@PROJECT_POLICY@", &project_policy.display().to_string());
+        fs::write(&conf, text).unwrap();
+        let mut child = Command::new(dbus_daemon)
+            .arg(format!("--config-file={}", conf.display()))
+            .args(["--nofork", "--print-address=1"])
+            .stdout(Stdio::piped())
+            .stderr(fs::File::create(dir.join("bus.log")).unwrap())
+            .spawn()
+            .expect("cannot start dbus-daemon");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let address = line.trim().to_owned();
+        assert!(!address.is_empty(), "dbus-daemon printed no address");
+        fs::set_permissions(&socket, fs::Permissions::from_mode(0o777)).unwrap();
+        TestBus {
+            child,
+            address,
+            dir: dir.to_owned(),
+        }
+    }
+}
+
+impl Drop for TestBus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The real daemon binary on simulated hardware.
+pub struct TestDaemon {
+    child: Option<Child>,
+    pub sim_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub policy: PathBuf,
+    pub address: String,
+    pub log: PathBuf,
+    /// Whether the daemon checks requests with polkit (needs polkitd on the bus).
+    pub polkit: bool,
+    /// Further `accelgated` arguments (e.g. `--no-sandbox`).
+    pub extra_args: Vec<String>,
+}
+
+impl TestDaemon {
+    /// Starts the daemon with `policy` (a path) on `bus`, simulated hardware and state under
+    /// `dir`, and waits until it owns its name. polkit is off (`--no-polkit`).
+    pub fn start(bus: &TestBus, dir: &Path, policy: &Path) -> TestDaemon {
+        TestDaemon::start_opts(bus, dir, policy, false, &[])
+    }
+
+    /// Like `start`, with the polkit gate on (see common::polkit for a private polkitd).
+    pub fn start_with_polkit(bus: &TestBus, dir: &Path, policy: &Path) -> TestDaemon {
+        TestDaemon::start_opts(bus, dir, policy, true, &[])
+    }
+
+    /// Like `start` (polkit off), with further `accelgated` arguments.
+    pub fn start_with_args(
+        bus: &TestBus,
+        dir: &Path,
+        policy: &Path,
+        extra_args: &[&str],
+    ) -> TestDaemon {
+        TestDaemon::start_opts(bus, dir, policy, false, extra_args)
+    }
+
+    fn start_opts(
+        bus: &TestBus,
+        dir: &Path,
+        policy: &Path,
+        polkit: bool,
+        extra_args: &[&str],
+    ) -> TestDaemon {
+        let mut d = TestDaemon {
+            child: None,
+            sim_dir: dir.join("sim"),
+            state_dir: dir.join("state"),
+            policy: policy.to_owned(),
+            address: bus.address.clone(),
+            log: dir.join("daemon.log"),
+            polkit,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(bin("accelgated"))
+            .arg("--simulate")
+            .arg(&self.sim_dir)
+            .args(["--bus", &self.address])
+            .arg("--policy")
+            .arg(&self.policy)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args((!self.polkit).then_some("--no-polkit"))
+            .args(&self.extra_args)
+            .env("ACCELGATE_LOG", "info")
+            .stderr(log)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("cannot start accelgated");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = Command::new("busctl")
+                .args(["--address", &self.address, "status", "org.accelgate.Accel1"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            if out.map(|s| s.success()).unwrap_or(false) {
+                return;
+            }
+            if let Some(Some(status)) = self.child.as_mut().map(|c| c.try_wait().unwrap()) {
+                panic!(
+                    "accelgated exited with {status} before it was ready:\n{}",
+                    self.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "accelgated not ready after 20 s:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap()
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crash or an OOM kill would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the daemon again over the same simulated hardware and state.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Whether the daemon process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig).unwrap();
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The result of one accelctl run.
+#[derive(Debug)]
+pub struct Ctl {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ctl {
+    pub fn ok(self) -> Ctl {
+        assert_eq!(
+            self.code, 0,
+            "accelctl failed: {}{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+
+    /// Asserts the run failed with this D-Bus error kind (e.g. "NotAuthorized").
+    pub fn fails_with(self, kind: &str) -> Ctl {
+        assert_ne!(
+            self.code, 0,
+            "expected {kind}, but accelctl succeeded: {}",
+            self.stdout
+        );
+        assert!(
+            self.stderr.contains(kind),
+            "expected {kind}, got: {}",
+            self.stderr
+        );
+        self
+    }
+}
+
+/// Runs `accelctl --bus ADDRESS ARGS` as `user` ("root" runs it directly), with its groups.
+pub fn ctl(address: &str, user: &str, args: &[&str]) -> Ctl {
+    ctl_with_caps(address, user, "", args)
+}
+
+/// Like `ctl`, with the capabilities in `caps` (setpriv syntax, e.g. "+ipc_lock") raised in the
+/// client's effective set through the ambient set.
+pub fn ctl_with_caps(address: &str, user: &str, caps: &str, args: &[&str]) -> Ctl {
+    let bin = bin("accelctl");
+    let mut cmd = if user == "root" {
+        Command::new(bin)
+    } else {
+        let mut c = Command::new("setpriv");
+        c.args([
+            &format!("--reuid={user}"),
+            &format!("--regid={user}"),
+            "--init-groups",
+        ]);
+        if caps.is_empty() {
+            c.arg("--inh-caps=-all");
+        } else {
+            c.args([
+                format!("--inh-caps={caps}"),
+                format!("--ambient-caps={caps}"),
+            ]);
+        }
+        c.arg("--").arg(bin);
+        c
+    };
+    cmd.args(["--bus", address]).args(args).stdin(Stdio::null());
+    let out: Output = cmd.output().expect("cannot run accelctl");
+    Ctl {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Reads raw bytes of the simulated BAR0 of a PCI function, as the hardware holds them.
+pub fn sim_bar_bytes(sim_dir: &Path, bdf: &str, offset: u64, len: usize) -> Vec<u8> {
+    let bytes = fs::read(sim_dir.join(format!("sys/bus/pci/devices/{bdf}/resource0"))).unwrap();
+    bytes[offset as usize..offset as usize + len].to_vec()
+}
+
+/// Writes a test image file and returns its path.
+pub fn write_image(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    fs::write(&p, bytes).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+    p
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    accelgate_hw::digest::sha256_hex(bytes)
+}
+
+/// A whole stack for one test: a private bus, the daemon on simulated hardware with the
+/// simulated policy (edited by the test), and a root observer. Fields drop in order: the
+/// daemon stops before its bus.
+pub struct Stack {
+    pub daemon: TestDaemon,
+    pub bus: TestBus,
+    pub dir: PathBuf,
+    pub obs: Observer,
+}
+
+impl Stack {
+    pub fn new(name: &str) -> Stack {
+        Stack::with_policy(name, |p| p)
+    }
+
+    /// Starts everything with policy/simulated.toml as edited by `edit`.
+    pub fn with_policy(name: &str, edit: impl FnOnce(String) -> String) -> Stack {
+        ensure_users();
+        let dir = test_dir(name);
+        let policy = dir.join("policy.toml");
+        fs::write(
+            &policy,
+            edit(fs::read_to_string(repo_path("policy/simulated.toml")).unwrap()),
+        )
+        .unwrap();
+        let bus = TestBus::start(&dir);
+        let daemon = TestDaemon::start(&bus, &dir, &policy);
+        let obs = Observer::connect(&bus.address);
+        Stack {
+            daemon,
+            bus,
+            dir,
+            obs,
+        }
+    }
+
+    /// accelctl as `user` against this stack's daemon.
+    pub fn ctl(&self, user: &str, args: &[&str]) -> Ctl {
+        ctl(&self.bus.address, user, args)
+    }
+
+    /// The audit records the daemon wrote, oldest first.
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        fs::read_to_string(self.daemon.state_dir.join("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+/// A root connection to the test bus for checking what the daemon exports.
+pub struct Observer {
+    pub rt: tokio::runtime::Runtime,
+    pub conn: zbus::Connection,
+}
+
+impl Observer {
+    pub fn connect(address: &str) -> Observer {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let conn = rt
+            .block_on(zbus::connection::Builder::address(address).build())
+            .unwrap();
+        Observer { rt, conn }
+    }
+
+    pub fn slice(&self, device: &str, slice: &str) -> accelgate_client::proxy::SliceProxy<'static> {
+        let path = accelgate_client::proto::names::slice_path(device, slice);
+        self.rt
+            .block_on(
+                accelgate_client::proxy::SliceProxy::builder(&self.conn)
+                    .path(path)
+                    .cache_properties(zbus::proxy::CacheProperties::No)
+                    .build(),
+            )
+            .unwrap()
+    }
+
+    pub fn device(&self, device: &str) -> accelgate_client::proxy::DeviceProxy<'static> {
+        let path = accelgate_client::proto::names::device_path(device);
+        self.rt
+            .block_on(
+                accelgate_client::proxy::DeviceProxy::builder(&self.conn)
+                    .path(path)
+                    .cache_properties(zbus::proxy::CacheProperties::No)
+                    .build(),
+            )
+            .unwrap()
+    }
+
+    /// Property values fresh from the daemon (not a proxy's cache).
+    pub fn tenant(&self, device: &str, slice: &str) -> String {
+        let p = self.slice(device, slice);
+        self.rt
+            .block_on(async { p.inner().get_property::<String>("Tenant").await.unwrap() })
+    }
+
+    pub fn image_sha256(&self, device: &str, slice: &str) -> String {
+        let p = self.slice(device, slice);
+        self.rt.block_on(async {
+            p.inner()
+                .get_property::<String>("ImageSha256")
+                .await
+                .unwrap()
+        })
+    }
+
+    pub fn num_vfs(&self, device: &str) -> u32 {
+        let p = self.device(device);
+        self.rt
+            .block_on(async { p.inner().get_property::<u32>("NumVfs").await.unwrap() })
+    }
+
+    pub fn slice_ids(&self, device: &str) -> Vec<String> {
+        let p = self.device(device);
+        let paths: Vec<zbus::OwnedObjectPath> = self
+            .rt
+            .block_on(async { p.inner().get_property("Slices").await.unwrap() });
+        paths
+            .iter()
+            .map(|p| p.as_str().rsplit('/').next().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Read as root (an admin in the simulated policy).
+    pub fn read(
+        &self,
+        device: &str,
+        slice: &str,
+        offset: u64,
+        count: u32,
+        width: u8,
+    ) -> Result<Vec<u64>, accelgate_client::AccelError> {
+        let p = self.slice(device, slice);
+        self.rt.block_on(p.read(offset, count, width))
+    }
+}
