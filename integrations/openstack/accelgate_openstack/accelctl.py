@@ -131,6 +131,7 @@ class Accelctl:
                     text=True,
                 )
             except FileNotFoundError as e:
+                os.close(master)
                 raise AccelctlError(
                     args, "Unreachable", "cannot run %s: %s" % (argv[0], e)
                 )

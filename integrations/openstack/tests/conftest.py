@@ -29,6 +29,8 @@ CYBORG_USER = "ag-cyborg"
 IRONIC_USER = "ag-ironic"
 LOCAL_TENANT = "ag-os-tenant"
 USERS = (CYBORG_USER, IRONIC_USER, LOCAL_TENANT)
+# The groups policy/simulated.toml names (tests/common/mod.rs creates the same).
+GROUPS = ("accel-tenants", "accel-operators", "accel-admins")
 
 # The lock file tests/common/mod.rs takes too, so the Rust tests and these never run
 # useradd at the same time.
@@ -60,6 +62,9 @@ def pytest_sessionstart(session):
 def ensure_users():
     with open(USERS_LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        for group in GROUPS:
+            if subprocess.run(["getent", "group", group], capture_output=True).returncode != 0:
+                subprocess.run(["groupadd", "--system", group], check=True)
         for user in USERS:
             if subprocess.run(["getent", "passwd", user], capture_output=True).returncode != 0:
                 subprocess.run(

@@ -8,6 +8,8 @@ import subprocess
 
 import pytest
 import stevedore
+# IPA's options before its modules, as the agent itself does.
+from ironic_python_agent import config as ipa_config  # noqa: F401
 from ironic_python_agent import errors
 from ironic_python_agent import hardware
 from oslo_config import cfg
