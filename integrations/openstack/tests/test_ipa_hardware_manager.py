@@ -104,6 +104,16 @@ def test_clean_step_flashes_signed_firmware_with_progress_in_the_log(configured,
     flashes = [r for r in stack.audit() if r.get("operation") == "device.flash"]
     assert flashes and all(r.get("uid") == uid for r in flashes), flashes
 
+    # Cleaning again with the same image (a retried or repeated step) writes nothing.
+    again = manager.flash_accelerator_firmware({}, [], images=[{
+        "device": "fpga0",
+        "url": "file://%s" % image,
+        "signature_url": "file://%s.minisig" % image,
+    }])
+    assert "already active" in again[0]["message"], again
+    assert stack.root("firmware", "status", "fpga0")["firmware_active_slot"] == (
+        after["firmware_active_slot"])
+
     # The inventory now reports it.
     inventory = {f["device"]: f for f in manager.accelerator_firmware()}
     assert inventory["fpga0"]["firmware_version"] == "2.0.0"
