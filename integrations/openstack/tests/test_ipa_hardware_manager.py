@@ -12,6 +12,8 @@ import stevedore
 from ironic_python_agent import config as ipa_config  # noqa: F401
 from ironic_python_agent import errors
 from ironic_python_agent import hardware
+from ironic_python_agent.extensions import clean
+from ironic_python_agent.extensions import service
 from oslo_config import cfg
 
 from accelgate_openstack import ipa_hardware_manager as hwm
@@ -176,7 +178,8 @@ def test_bad_step_arguments_are_rejected_before_any_flash(configured):
 
 
 class InventoryOfTheNode(hardware.HardwareManager):
-    """Stands in for GenericHardwareManager, whose inventory needs real disks, lshw and a BMC."""
+    """Stands in for GenericHardwareManager, whose initialize() would probe this host's disks,
+    iSCSI, RAID and IPMI modules, and whose inventory needs lshw and a BMC."""
 
     def evaluate_hardware_support(self):
         return hardware.HardwareSupport.GENERIC
@@ -185,11 +188,70 @@ class InventoryOfTheNode(hardware.HardwareManager):
         return {"cpu": "test", "memory": "test"}
 
 
-def test_inventory_carries_accelerator_firmware(configured, monkeypatch):
-    manager = load_manager()
-    monkeypatch.setattr(hardware, "get_managers", lambda: [manager, InventoryOfTheNode()])
+@pytest.fixture
+def agent_managers(configured, monkeypatch):
+    """IPA's cache of probed managers (hardware._global_managers, as IPA's own tests set it):
+    ours and the stand-in, each with the support it reports."""
+    managers = [load_manager(), InventoryOfTheNode()]
+    detail = sorted(
+        ({"name": type(m).__name__, "manager": m, "support": m.evaluate_hardware_support()}
+         for m in managers),
+        key=lambda d: -d["support"],
+    )
+    monkeypatch.setattr(hardware, "_global_managers", detail)
+    monkeypatch.setattr(hardware, "NODE", None)
+    # No root disk to wait for on a test host.
+    cfg.CONF.set_override("disk_wait_attempts", 0)
+    yield configured
+    cfg.CONF.clear_override("disk_wait_attempts")
+
+
+def test_inventory_carries_accelerator_firmware(agent_managers):
     info = hardware.dispatch_to_managers("list_hardware_info")
     assert info["cpu"] == "test"
     versions = {f["device"]: f["firmware_version"] for f in info["accelerator_firmware"]}
-    status = configured.root("firmware", "status", "fpga0")
+    status = agent_managers.root("firmware", "status", "fpga0")
     assert versions["fpga0"] == status["firmware_version"]
+
+
+NODE = {"uuid": "4b6b51a0-0000-4000-8000-000000000013"}
+
+
+def test_ironic_runs_the_steps_through_the_agents_extensions(agent_managers):
+    """What Ironic sees: steps listed, run and failed through IPA's clean and service API."""
+    stack = agent_managers
+    clean_api = clean.CleanExtension()
+    listed = clean_api.get_clean_steps(node=NODE, ports=[]).command_result
+    steps = [s for s in listed["clean_steps"]["AccelgateHardwareManager"] if s["step"] == hwm.STEP]
+    assert len(steps) == 1, listed
+    version = listed["hardware_manager_version"]
+    assert version["AccelgateHardwareManager"] == "1.0"
+
+    image = firmware_image(stack, "2.1.0")
+    step = {"interface": "deploy", "step": hwm.STEP, "priority": 0, "args": {"images": [{
+        "device": "fpga0",
+        "url": "file://%s" % image,
+        "signature_url": "file://%s.minisig" % image,
+        "version": "2.1.0",
+    }]}}
+    done = clean_api.execute_clean_step(
+        step=step, node=NODE, ports=[], clean_version=version).join(120).serialize()
+    assert done["command_status"] == "SUCCEEDED", done
+    assert done["command_result"]["clean_result"][0]["firmware_version"] == "2.1.0"
+    assert stack.root("firmware", "status", "fpga0")["firmware_version"] == "2.1.0"
+
+    # An unsigned image, as a service step on a deployed node: the error Ironic receives.
+    unsigned = firmware_image(stack, "2.2.0", signed=False)
+    service_api = service.ServiceExtension()
+    listed = service_api.get_service_steps(node=NODE, ports=[]).command_result
+    assert any(s["step"] == hwm.STEP for s in listed["service_steps"]["AccelgateHardwareManager"]), listed
+    step = {"interface": "deploy", "step": hwm.STEP, "priority": 0,
+            "args": {"images": [{"device": "fpga0", "url": "file://%s" % unsigned}]}}
+    failed = service_api.execute_service_step(
+        step=step, node=NODE, ports=[],
+        service_version=listed["hardware_manager_version"]).join(120).serialize()
+    assert failed["command_status"] == "FAILED", failed
+    error = failed["command_error"].serialize()
+    assert error["type"] == "AcceleratorFirmwareError", error
+    assert "VerificationFailed" in error["details"], error
+    assert stack.root("firmware", "status", "fpga0")["firmware_version"] == "2.1.0"
