@@ -33,7 +33,8 @@ ERROR_KINDS = (
     "Failed",
 )
 _KIND_RE = re.compile(r": (%s): " % "|".join(ERROR_KINDS))
-_PERCENT_RE = re.compile(r"(\d{1,3})%")
+# The end of accelctl's progress bar: "label [#####.....]  42%".
+_PERCENT_RE = re.compile(r"\]\s*(\d{1,3})%\s*$")
 
 
 class AccelctlError(Exception):
@@ -201,7 +202,13 @@ class Accelctl:
 
 
 def _read_terminal(fd, chunks, on_progress):
+    """Collects what accelctl writes to its terminal and reports each redraw's percentage.
+
+    The bar is redrawn after a carriage return, so only text followed by one (or by a newline)
+    is a whole redraw; a read may end in the middle of one.
+    """
     last = None
+    pending = ""
     while True:
         try:
             data = os.read(fd, 4096)
@@ -212,7 +219,11 @@ def _read_terminal(fd, chunks, on_progress):
             return
         text = data.decode("utf-8", "replace")
         chunks.append(text)
-        for match in _PERCENT_RE.finditer(text):
+        *whole, pending = re.split(r"[\r\n]", pending + text)
+        for redraw in whole:
+            match = _PERCENT_RE.search(redraw)
+            if not match:
+                continue
             percent = int(match.group(1))
             if percent != last and percent <= 100:
                 last = percent
