@@ -3,7 +3,7 @@
 //! pytest run reports through `cargo test`.
 //!
 //! Needs root, python3-venv and PyPI the first time (the virtualenv is kept in
-//! target/openstack-venv); scripts/install-test-deps installs the system packages.
+//! /var/cache/accelgate-tests); scripts/install-test-deps installs the system packages.
 
 use std::path::Path;
 use std::process::Command;
