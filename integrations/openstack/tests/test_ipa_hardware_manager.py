@@ -1,10 +1,13 @@
 """The ironic-python-agent hardware manager against IPA's loader, base class and errors, and a
 real accelgated on the simulated host, with accelctl running as the ironic service user."""
 
+import functools
+import http.server
 import logging
 import os
 import re
 import subprocess
+import threading
 
 import pytest
 import stevedore
@@ -122,6 +125,32 @@ def test_clean_step_flashes_signed_firmware_with_progress_in_the_log(configured,
     assert inventory["fpga0"]["firmware_active_slot"] == after["firmware_active_slot"]
     assert inventory["fpga0"]["pci_address"] == "0000:3b:00.0"
     assert set(inventory) == {d["id"] for d in stack.root("devices")}
+
+
+@pytest.fixture
+def image_server(configured):
+    """An HTTP server on loopback serving the stack's directory, as an image store would."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(configured.dir))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield "http://127.0.0.1:%d" % server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def test_clean_step_downloads_images_over_http(configured, image_server):
+    image = firmware_image(configured, "2.3.0", size=200_000)
+    result = load_manager().flash_accelerator_firmware({}, [], images=[{
+        "device": "fpga0",
+        "url": "%s/%s" % (image_server, image.name),
+        "signature_url": "%s/%s.minisig" % (image_server, image.name),
+        "version": "2.3.0",
+    }])
+    assert result[0]["firmware_version"] == "2.3.0"
+    assert configured.root("firmware", "status", "fpga0")["firmware_version"] == "2.3.0"
+    e = refused(load_manager(), [{"device": "fpga0", "url": "%s/missing.bin" % image_server}])
+    assert "404" in e.details, e.details
 
 
 def refused(manager, images):
