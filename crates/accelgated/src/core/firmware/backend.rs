@@ -12,20 +12,75 @@ use accelgate_hw::HwRoot;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    #[error("cannot open firmware backend {name}: {reason}")]
-    Open { name: String, reason: String },
-    #[error("cannot read the firmware state: {0}")]
-    Status(String),
+    #[error("cannot open firmware backend {name}")]
+    Open {
+        name: String,
+        #[source]
+        cause: Fault,
+    },
+    #[error("cannot read the firmware state")]
+    Status(#[source] Fault),
     #[error("the write was cancelled")]
     Cancelled,
-    #[error("the device is busy: {0}")]
-    Busy(String),
-    #[error("writing slot {slot} failed: {reason}", slot = .slot.as_str())]
-    Write { slot: Slot, reason: String },
-    #[error("slot {slot} does not hold the image just written: {reason}", slot = .slot.as_str())]
-    Verify { slot: Slot, reason: String },
-    #[error("switching to slot {slot} failed: {reason}", slot = .slot.as_str())]
-    Switch { slot: Slot, reason: String },
+    #[error("the device is busy: {entry} is {status}")]
+    Busy { entry: String, status: String },
+    #[error("writing slot {slot} failed", slot = .slot.as_str())]
+    Write {
+        slot: Slot,
+        #[source]
+        cause: Fault,
+    },
+    #[error("slot {slot} does not hold the image just written", slot = .slot.as_str())]
+    Verify {
+        slot: Slot,
+        #[source]
+        cause: Fault,
+    },
+    #[error("switching to slot {slot} failed", slot = .slot.as_str())]
+    Switch {
+        slot: Slot,
+        #[source]
+        cause: Fault,
+    },
+}
+
+/// Why a backend step failed: the kernel interface's own error, or what the device reported.
+#[derive(Debug, thiserror::Error)]
+pub enum Fault {
+    #[error(transparent)]
+    Upload(#[from] accelgate_hw::FwUploadError),
+    #[error(transparent)]
+    FlashIo(#[from] accelgate_hw::mtd::FlashIoError),
+    #[error("{path}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no such MTD partition")]
+    NoPartition,
+    #[error("the device reports no firmware slots ({0})")]
+    NoSlots(&'static str),
+    #[error("{attr} reads {value:?}")]
+    Malformed { attr: &'static str, value: String },
+    #[error("the device would write slot {0:?}")]
+    WrongStagingSlot(String),
+    #[error("it is the active slot")]
+    ActiveSlot,
+    #[error("the image needs {needed} bytes, the slot holds {capacity}")]
+    TooLarge { needed: u64, capacity: u64 },
+    #[error("the device does not report it valid")]
+    NotValid,
+    #[error("read back sha256 {0}")]
+    DigestMismatch(String),
+    #[error("the slot header did not read back")]
+    HeaderNotWritten,
+    #[error("the slot holds no valid image")]
+    NoValidImage,
+    #[error("the device did not switch")]
+    NoSwitch,
+    #[error("the selector record did not read back")]
+    SelectorNotWritten,
 }
 
 /// A two-slot firmware store. Blocking: call from a blocking thread.

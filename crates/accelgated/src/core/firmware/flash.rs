@@ -5,33 +5,61 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::backend::{BackendError, FirmwareBackend};
-use super::record::{FirmwareRecords, FlashRecord, LastResult, Outcome, Phase};
+use super::record::{FirmwareRecords, FlashRecord, LastResult, Outcome, Phase, RecordError};
 use accelgate_hw::slot::image_version;
 
 /// Share of the progress bar the slot write takes; read-back and switch take the rest.
 const WRITE_SHARE: f64 = 0.9;
 const VERIFIED: f64 = 0.95;
 
+/// How a flash ended without the new firmware active. Every variant says what the device
+/// boots now (`kept`/`active`) and keeps the failure it came from as its source.
 #[derive(Debug, thiserror::Error)]
 pub enum FlashError {
-    /// The backend could not be opened; nothing was written.
+    /// The backend could not be opened.
     #[error("nothing was written")]
     Open(#[source] BackendError),
-    #[error("{0}")]
-    Cancelled(String),
-    #[error("{0}")]
-    Busy(String),
-    #[error("{0}")]
-    Failed(String),
+    /// The device's firmware state could not be read.
+    #[error("nothing was written")]
+    Status(#[source] BackendError),
+    /// The flash could not be recorded before writing (so a crash could not be recovered).
+    #[error("cannot record the flash, nothing was written")]
+    Record(#[source] RecordError),
+    #[error("cancelled {when}; {kept}")]
+    Cancelled { when: String, kept: String },
+    /// Writing or reading back the inactive slot failed.
+    #[error("{kept}")]
+    Slot {
+        kept: String,
+        #[source]
+        source: BackendError,
+    },
+    /// The point of no return could not be recorded; the switch was not made.
+    #[error("cannot record the switch; {kept}")]
+    RecordSwitch {
+        kept: String,
+        #[source]
+        source: RecordError,
+    },
+    /// The switch itself failed.
+    #[error("{active}")]
+    Switch {
+        active: String,
+        #[source]
+        source: BackendError,
+    },
 }
 
 impl FlashError {
     pub fn kind(&self) -> accelgate_proto::ErrorKind {
         use accelgate_proto::ErrorKind;
         match self {
-            FlashError::Cancelled(_) => ErrorKind::Cancelled,
-            FlashError::Busy(_) => ErrorKind::Busy,
-            FlashError::Open(_) | FlashError::Failed(_) => ErrorKind::Failed,
+            FlashError::Cancelled { .. } => ErrorKind::Cancelled,
+            FlashError::Slot {
+                source: BackendError::Busy { .. },
+                ..
+            } => ErrorKind::Busy,
+            _ => ErrorKind::Failed,
         }
     }
 }
@@ -54,9 +82,7 @@ pub fn run_flash(
     cancel: &AtomicBool,
 ) -> Result<String, FlashError> {
     let FlashRequest { device, sha256, .. } = *request;
-    let status = backend
-        .status()
-        .map_err(|e| FlashError::Failed(e.to_string()))?;
+    let status = backend.status().map_err(FlashError::Status)?;
     let target = status.active.other();
     let previous_version = status.active_version();
     let mut record = FlashRecord {
@@ -72,28 +98,27 @@ pub fn run_flash(
         "firmware {previous_version} in slot {} stays active",
         status.active.as_str()
     );
-    let end = |outcome: Outcome, message: String| {
+    // The last result records what the caller is told, causes included.
+    let end = |outcome: Outcome, error: FlashError| {
         let result = LastResult {
             outcome,
-            message: message.clone(),
+            message: crate::core::error_chain(&error),
             sha256: sha256.to_owned(),
         };
         if let Err(e) = records.finish(device, &result) {
             tracing::error!("{device}: {}", crate::core::error_chain(&e));
         }
-        message
+        error
     };
     if cancel_is(cancel) {
-        return Err(FlashError::Cancelled(format!(
-            "cancelled before anything was written; {kept}"
-        )));
+        return Err(FlashError::Cancelled {
+            when: "before anything was written".into(),
+            kept,
+        });
     }
-    records.set_in_progress(device, &record).map_err(|e| {
-        FlashError::Failed(format!(
-            "cannot record the flash, nothing was written: {}",
-            crate::core::error_chain(&e)
-        ))
-    })?;
+    records
+        .set_in_progress(device, &record)
+        .map_err(FlashError::Record)?;
 
     let written = backend
         .write_slot(
@@ -106,48 +131,39 @@ pub fn run_flash(
     match written {
         Ok(()) => progress(VERIFIED),
         Err(BackendError::Cancelled) => {
-            let m = end(
+            let when = format!("while writing slot {}", target.as_str());
+            return Err(end(
                 Outcome::Cancelled,
-                format!("cancelled while writing slot {}; {kept}", target.as_str()),
-            );
-            return Err(FlashError::Cancelled(m));
+                FlashError::Cancelled { when, kept },
+            ));
         }
-        Err(BackendError::Busy(reason)) => {
-            let m = end(Outcome::Failed, format!("device busy ({reason}); {kept}"));
-            return Err(FlashError::Busy(m));
-        }
-        Err(e) => {
-            let m = end(Outcome::Failed, format!("{e}; {kept}"));
-            return Err(FlashError::Failed(m));
-        }
+        Err(source) => return Err(end(Outcome::Failed, FlashError::Slot { kept, source })),
     }
     if cancel_is(cancel) {
-        let m = end(
-            Outcome::Cancelled,
-            format!(
-                "cancelled after slot {} was written and verified, before the switch; {kept}",
-                target.as_str()
-            ),
+        let when = format!(
+            "after slot {} was written and verified, before the switch",
+            target.as_str()
         );
-        return Err(FlashError::Cancelled(m));
+        return Err(end(
+            Outcome::Cancelled,
+            FlashError::Cancelled { when, kept },
+        ));
     }
 
     // Point of no return.
     record.phase = Phase::Switching;
-    if let Err(e) = records.set_in_progress(device, &record) {
-        let m = end(
+    if let Err(source) = records.set_in_progress(device, &record) {
+        return Err(end(
             Outcome::Failed,
-            format!("cannot record the switch ({e}); {kept}"),
-        );
-        return Err(FlashError::Failed(m));
+            FlashError::RecordSwitch { kept, source },
+        ));
     }
-    if let Err(e) = backend.switch_to(target) {
+    if let Err(source) = backend.switch_to(target) {
         let active = backend
             .status()
             .map(|s| format!("slot {} is active", s.active.as_str()))
             .unwrap_or_else(|_| "the active slot is unknown".into());
-        let m = end(Outcome::Failed, format!("{e}; {active}"));
-        return Err(FlashError::Failed(m));
+        return Err(end(Outcome::Failed, FlashError::Switch { active, source }));
     }
     progress(1.0);
     let mut message = format!(
@@ -161,7 +177,15 @@ pub fn run_flash(
             "; the cancel request came after the point of no return (the slot switch) and was not honoured",
         );
     }
-    Ok(end(Outcome::Succeeded, message))
+    let result = LastResult {
+        outcome: Outcome::Succeeded,
+        message: message.clone(),
+        sha256: sha256.to_owned(),
+    };
+    if let Err(e) = records.finish(device, &result) {
+        tracing::error!("{device}: {}", crate::core::error_chain(&e));
+    }
+    Ok(message)
 }
 
 fn cancel_is(cancel: &AtomicBool) -> bool {
@@ -324,7 +348,7 @@ mod tests {
             if self.bad_readback {
                 return Err(BackendError::Verify {
                     slot,
-                    reason: "mismatch".into(),
+                    cause: super::super::backend::Fault::DigestMismatch("mismatch".into()),
                 });
             }
             Ok(())
@@ -383,7 +407,10 @@ mod tests {
         let (dir, records) = temp_records("fail");
         let mut fake = Fake::new(&records);
         fake.bad_readback = true;
-        assert!(matches!(run(&fake, &records).0, Err(FlashError::Failed(_))));
+        assert!(matches!(
+            run(&fake, &records).0,
+            Err(FlashError::Slot { .. })
+        ));
         assert_eq!(fake.status().unwrap().active, Slot::A);
         let last = records.last_result(&fake.device).unwrap();
         assert_eq!(last.outcome, Outcome::Failed);
@@ -396,7 +423,10 @@ mod tests {
             let mut fake = Fake::new(&records);
             fake.cancel_on = Some(step);
             let r = run(&fake, &records).0;
-            assert!(matches!(r, Err(FlashError::Cancelled(_))), "{step}: {r:?}");
+            assert!(
+                matches!(r, Err(FlashError::Cancelled { .. })),
+                "{step}: {r:?}"
+            );
             assert_eq!(fake.status().unwrap().active, Slot::A);
             assert!(!fake
                 .log

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use super::backend::{BackendError, FirmwareBackend};
+use super::backend::{BackendError, Fault, FirmwareBackend};
 use accelgate_hw::slot::{FirmwareStatus, Slot, SlotInfo};
 use accelgate_hw::{read_attr, write_attr, FwUpload, FwUploadError, HwRoot};
 
@@ -39,23 +39,21 @@ pub struct FwUploadSlots {
 
 impl FwUploadSlots {
     pub fn open(hw: &HwRoot, name: &str) -> Result<Self, BackendError> {
-        let open_err = |reason: String| BackendError::Open {
+        let open_err = |cause: Fault| BackendError::Open {
             name: name.to_owned(),
-            reason,
+            cause,
         };
-        let upload = FwUpload::open(hw, name).map_err(|e| open_err(e.to_string()))?;
+        let upload = FwUpload::open(hw, name).map_err(|e| open_err(e.into()))?;
         let slots_dir = hw.fw_upload_dir(name).join("device").join(SLOTS_DIR);
         if !slots_dir.join("active_slot").exists() {
-            return Err(open_err(format!(
-                "the device reports no firmware slots ({SLOTS_DIR}/active_slot)"
-            )));
+            return Err(open_err(Fault::NoSlots("fw_slots/active_slot")));
         }
         Ok(FwUploadSlots { upload, slots_dir })
     }
 
     fn attr(&self, file: &str) -> Result<String, BackendError> {
-        read_attr(&self.slots_dir.join(file))
-            .map_err(|e| BackendError::Status(format!("{SLOTS_DIR}/{file}: {e}")))
+        let path = self.slots_dir.join(file);
+        read_attr(&path).map_err(|source| BackendError::Status(Fault::Io { path, source }))
     }
 
     fn slot_info(&self, slot: Slot) -> Result<SlotInfo, BackendError> {
@@ -80,8 +78,12 @@ impl FwUploadSlots {
 impl FirmwareBackend for FwUploadSlots {
     fn status(&self) -> Result<FirmwareStatus, BackendError> {
         let active = self.attr("active_slot")?;
-        let active = Slot::parse(&active)
-            .ok_or_else(|| BackendError::Status(format!("active_slot is {active:?}")))?;
+        let active = Slot::parse(&active).ok_or_else(|| {
+            BackendError::Status(Fault::Malformed {
+                attr: "active_slot",
+                value: active.clone(),
+            })
+        })?;
         Ok(FirmwareStatus {
             active,
             a: self.slot_info(Slot::A)?,
@@ -101,19 +103,19 @@ impl FirmwareBackend for FwUploadSlots {
         if Slot::parse(&staging) != Some(slot) {
             return Err(BackendError::Write {
                 slot,
-                reason: format!("the device would write slot {staging:?}"),
+                cause: Fault::WrongStagingSlot(staging),
             });
         }
         match self.upload.upload(image, progress, cancel, UPLOAD_TIMEOUT) {
             Ok(()) => Ok(()),
             Err(FwUploadError::Cancelled) => Err(BackendError::Cancelled),
-            Err(FwUploadError::Busy(status)) => Err(BackendError::Busy(format!(
-                "{} is {status}",
-                self.upload.name()
-            ))),
+            Err(FwUploadError::Busy(status)) => Err(BackendError::Busy {
+                entry: self.upload.name().to_owned(),
+                status,
+            }),
             Err(e) => Err(BackendError::Write {
                 slot,
-                reason: crate::core::error_chain(&e),
+                cause: e.into(),
             }),
         }
     }
@@ -125,13 +127,13 @@ impl FirmwareBackend for FwUploadSlots {
         if !info.valid {
             return Err(BackendError::Verify {
                 slot,
-                reason: "the device does not report it valid".into(),
+                cause: Fault::NotValid,
             });
         }
         if info.sha256 != sha256 {
             return Err(BackendError::Verify {
                 slot,
-                reason: format!("the device read back sha256 {}", info.sha256),
+                cause: Fault::DigestMismatch(info.sha256),
             });
         }
         Ok(())
@@ -142,13 +144,16 @@ impl FirmwareBackend for FwUploadSlots {
         if !self.slot_info(slot)?.valid {
             return Err(BackendError::Switch {
                 slot,
-                reason: "the slot holds no valid image".into(),
+                cause: Fault::NoValidImage,
             });
         }
         let path = self.slots_dir.join("activate");
-        write_attr(&path, slot.as_str()).map_err(|e| BackendError::Switch {
+        write_attr(&path, slot.as_str()).map_err(|source| BackendError::Switch {
             slot,
-            reason: e.to_string(),
+            cause: Fault::Io {
+                path: path.clone(),
+                source,
+            },
         })?;
         let deadline = Instant::now() + SWITCH_TIMEOUT;
         loop {
@@ -158,7 +163,7 @@ impl FirmwareBackend for FwUploadSlots {
             if Instant::now() >= deadline {
                 return Err(BackendError::Switch {
                     slot,
-                    reason: "the device did not switch".into(),
+                    cause: Fault::NoSwitch,
                 });
             }
             std::thread::sleep(POLL);

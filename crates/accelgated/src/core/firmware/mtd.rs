@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use sha2::{Digest, Sha256};
 
-use super::backend::{BackendError, FirmwareBackend};
+use super::backend::{BackendError, Fault, FirmwareBackend};
 use accelgate_hw::digest::hex;
 use accelgate_hw::mtd::{FlashIo, FlashIoError, MtdChar};
 use accelgate_hw::slot::{image_version, FirmwareStatus, Slot, SlotInfo};
@@ -60,15 +60,12 @@ impl MtdSlots {
     pub fn open(hw: &HwRoot, name: &str) -> Result<MtdSlots, BackendError> {
         let open = |suffix: &str| -> Result<Box<dyn FlashIo>, BackendError> {
             let partition = format!("{name}-{suffix}");
-            let err = |reason: String| BackendError::Open {
+            let err = |cause: Fault| BackendError::Open {
                 name: partition.clone(),
-                reason,
+                cause,
             };
-            let path = find_partition(hw, &partition)
-                .ok_or_else(|| err("no such MTD partition".into()))?;
-            Ok(Box::new(
-                MtdChar::open(&path).map_err(|e| err(e.to_string()))?,
-            ))
+            let path = find_partition(hw, &partition).ok_or_else(|| err(Fault::NoPartition))?;
+            Ok(Box::new(MtdChar::open(&path).map_err(|e| err(e.into()))?))
         };
         Ok(MtdSlots::new(open("a")?, open("b")?, open("sel")?))
     }
@@ -91,7 +88,7 @@ impl MtdSlots {
             let mut record = [0u8; RECORD_LEN];
             self.selector
                 .read_at(block * self.selector.erase_size(), &mut record)
-                .map_err(|e| BackendError::Status(e.to_string()))?;
+                .map_err(|e| BackendError::Status(e.into()))?;
             if let Some((seq, slot)) = decode_record(&record) {
                 if best.is_none_or(|(_, s, _)| seq > s) {
                     best = Some((block, seq, slot));
@@ -105,7 +102,7 @@ impl MtdSlots {
         let mut header = [0u8; SLOT_HEADER_LEN];
         self.part(slot)
             .read_at(0, &mut header)
-            .map_err(|e| BackendError::Status(e.to_string()))?;
+            .map_err(|e| BackendError::Status(e.into()))?;
         if &header[..8] != SLOT_MAGIC {
             return Ok(None);
         }
@@ -142,7 +139,7 @@ impl MtdSlots {
         let mut head = vec![0u8; len.min(256) as usize];
         self.part(slot)
             .read_at(self.part(slot).erase_size(), &mut head)
-            .map_err(|e| BackendError::Status(e.to_string()))?;
+            .map_err(|e| BackendError::Status(e.into()))?;
         Ok(SlotInfo {
             valid: true,
             version: image_version(&head),
@@ -205,12 +202,12 @@ impl FirmwareBackend for MtdSlots {
     ) -> Result<(), BackendError> {
         let write_err = |e: FlashIoError| BackendError::Write {
             slot,
-            reason: e.to_string(),
+            cause: e.into(),
         };
         if self.status()?.active == slot {
             return Err(BackendError::Write {
                 slot,
-                reason: "it is the active slot".into(),
+                cause: Fault::ActiveSlot,
             });
         }
         let part = self.part(slot);
@@ -219,11 +216,10 @@ impl FirmwareBackend for MtdSlots {
         if len + block > part.size() {
             return Err(BackendError::Write {
                 slot,
-                reason: format!(
-                    "the image needs {} bytes, the slot holds {}",
-                    len + block,
-                    part.size()
-                ),
+                cause: Fault::TooLarge {
+                    needed: len + block,
+                    capacity: part.size(),
+                },
             });
         }
         // Header block first: from here on the slot is invalid until the header is written.
@@ -244,13 +240,13 @@ impl FirmwareBackend for MtdSlots {
     }
 
     fn verify_slot(&self, slot: Slot, image: &[u8], sha256: &str) -> Result<(), BackendError> {
-        let verify_err = |reason: String| BackendError::Verify { slot, reason };
+        let verify_err = |cause: Fault| BackendError::Verify { slot, cause };
         let back = self
             .read_image(slot, image.len() as u64)
-            .map_err(|e| verify_err(e.to_string()))?;
+            .map_err(|e| verify_err(e.into()))?;
         let digest = Sha256::digest(&back);
         if back != image || hex(&digest) != sha256 {
-            return Err(verify_err(format!("read back sha256 {}", hex(&digest))));
+            return Err(verify_err(Fault::DigestMismatch(hex(&digest))));
         }
         // The header makes the slot valid; it goes on only now.
         let mut header = [0u8; SLOT_HEADER_LEN];
@@ -259,17 +255,17 @@ impl FirmwareBackend for MtdSlots {
         header[16..].copy_from_slice(&digest);
         self.part(slot)
             .write_at(0, &header)
-            .map_err(|e| verify_err(e.to_string()))?;
+            .map_err(|e| verify_err(e.into()))?;
         match self.slot_header(slot)? {
             Some((len, sha)) if len == image.len() as u64 && sha[..] == digest[..] => Ok(()),
-            _ => Err(verify_err("the slot header did not read back".into())),
+            _ => Err(verify_err(Fault::HeaderNotWritten)),
         }
     }
 
     fn switch_to(&self, slot: Slot) -> Result<(), BackendError> {
-        let switch_err = |reason: String| BackendError::Switch { slot, reason };
+        let switch_err = |cause: Fault| BackendError::Switch { slot, cause };
         if !self.slot_info(slot)?.valid {
-            return Err(switch_err("the slot holds no valid image".into()));
+            return Err(switch_err(Fault::NoValidImage));
         }
         let (block, seq) = match self.newest_record()? {
             Some((_, _, current)) if current == slot => return Ok(()),
@@ -279,13 +275,13 @@ impl FirmwareBackend for MtdSlots {
         let erase = self.selector.erase_size();
         self.selector
             .erase(block * erase, erase)
-            .map_err(|e| switch_err(e.to_string()))?;
+            .map_err(|e| switch_err(e.into()))?;
         self.selector
             .write_at(block * erase, &encode_record(seq, slot))
-            .map_err(|e| switch_err(e.to_string()))?;
+            .map_err(|e| switch_err(e.into()))?;
         match self.newest_record()? {
             Some((_, _, now)) if now == slot => Ok(()),
-            _ => Err(switch_err("the selector record did not read back".into())),
+            _ => Err(switch_err(Fault::SelectorNotWritten)),
         }
     }
 }
