@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[cfg(feature = "simulator")]
 use accelgate_sim::SimSpec;
 use accelgated::core::error_chain;
 use accelgated::sandbox::Violation;
@@ -22,6 +23,7 @@ struct Args {
     simulate: Option<PathBuf>,
     /// What the simulated host contains: `standard` (fpga0 with two regions, nic0 with 8 VFs)
     /// or `scale:DEVICESxVFS` (NICs nic0.. with up to VFS VFs each, for scale tests).
+    #[cfg(feature = "simulator")]
     #[arg(long, value_name = "SPEC", default_value = "standard", value_parser = parse_sim_spec, requires = "simulate")]
     simulate_spec: SimSpec,
     /// `system`, `session`, or a D-Bus address such as unix:path=/run/x/bus.
@@ -57,9 +59,12 @@ enum ViolationArg {
 
 /// Largest `scale:` host accepted: the simulator puts PF i on PCI bus 0x10 + i (below 0x100),
 /// and VF i at devfn 1 + i of the PF's bus (at most 0xff).
+#[cfg(feature = "simulator")]
 const MAX_SCALE_DEVICES: u32 = 0xf0;
+#[cfg(feature = "simulator")]
 const MAX_SCALE_VFS: u32 = 0xff;
 
+#[cfg(feature = "simulator")]
 fn parse_sim_spec(text: &str) -> Result<SimSpec, String> {
     if text == "standard" {
         return Ok(SimSpec::standard());
@@ -124,6 +129,7 @@ fn main() -> ExitCode {
     let cfg = Config {
         root: args.root,
         simulate: args.simulate,
+        #[cfg(feature = "simulator")]
         sim_spec: args.simulate_spec,
         bus: args.bus,
         policy: args.policy,
@@ -156,7 +162,7 @@ fn main() -> ExitCode {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "simulator"))]
 mod tests {
     use super::*;
 
