@@ -225,11 +225,20 @@ impl SliceWindow {
     /// variants, clear messages): count == 0, count > MAX_COUNT, offset not aligned to width,
     /// offset + count*width overflowing or past the window.
     pub fn read(&self, offset: u64, count: u32, width: Width) -> Result<Vec<u64>, WindowError> {
-        self.check_access(offset, u64::from(count), width)?;
+        let mut out = vec![0u64; count as usize];
+        self.read_into(offset, width, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`SliceWindow::read`] into a caller's buffer: `out.len()` registers, no allocation (for
+    /// callers that sweep a window repeatedly).
+    pub fn read_into(&self, offset: u64, width: Width, out: &mut [u64]) -> Result<(), WindowError> {
+        self.check_access(offset, out.len() as u64, width)?;
         let step = width.bytes();
-        Ok((0..u64::from(count))
-            .map(|i| self.load(offset + i * step, width))
-            .collect())
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot = self.load(offset + i as u64 * step, width);
+        }
+        Ok(())
     }
 
     /// Same checks; plus a value wider than `width` is an error. Checks everything before
@@ -403,6 +412,31 @@ mod tests {
 
     fn file_bytes(path: &Path, at: usize, len: usize) -> Vec<u8> {
         std::fs::read(path).unwrap()[at..at + len].to_vec()
+    }
+
+    #[test]
+    fn a_read_only_window_reads_and_refuses_every_store() {
+        let res = resource("ro", 8192);
+        let rw = SliceWindow::open(&res.0, 0, 8192).unwrap();
+        rw.write(0x10, &[0xdead_beef], Width::U32).unwrap();
+        let file = std::fs::File::open(&res.0).unwrap();
+        let ro = SliceWindow::map_fd(file.as_fd(), &res.0, 0, 8192, Access::ReadOnly).unwrap();
+        assert_eq!(ro.access(), Access::ReadOnly);
+        assert_eq!(ro.read(0x10, 1, Width::U32).unwrap(), [0xdead_beef]);
+        let mut out = [0u64; 2];
+        ro.read_into(0x10, Width::U32, &mut out).unwrap();
+        assert_eq!(out, [0xdead_beef, 0]);
+        assert!(matches!(
+            ro.write(0x10, &[1], Width::U32),
+            Err(WindowError::ReadOnly)
+        ));
+        assert!(matches!(ro.zero(0, 8), Err(WindowError::ReadOnly)));
+        assert_eq!(file_bytes(&res.0, 0x10, 4), 0xdead_beef_u32.to_le_bytes());
+        // Opened read-only, the file cannot be mapped writable at all.
+        assert!(matches!(
+            SliceWindow::map_fd(file.as_fd(), &res.0, 0, 8192, Access::ReadWrite),
+            Err(WindowError::Map { .. })
+        ));
     }
 
     #[test]

@@ -1,14 +1,12 @@
 //! Items 1–3: one-register Read against Ping, Read with polkit against CheckAuthorization,
 //! batched Read, and access through a Map'ed BAR against a direct mapping of the same file.
 
-use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
-use std::ptr::NonNull;
 use std::time::Instant;
 
 use accelgate_client::proto::names::slice_path;
-use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
+use accelgate_hw::{Access, SliceWindow, Width, MAX_COUNT};
 use zbus::Connection;
 
 use super::calls;
@@ -202,10 +200,12 @@ pub async fn batched_read(
     Ok(())
 }
 
-/// A read-only shared mapping of a whole file, unmapped on drop.
+/// A read-only mapping of a whole BAR file through the hardware crate's `SliceWindow`, the
+/// same access code the daemon and `accelctl map-test` use.
 struct Mapping {
-    ptr: NonNull<u32>,
+    window: SliceWindow,
     len: usize,
+    buffer: std::cell::RefCell<Vec<u64>>,
 }
 
 impl Mapping {
@@ -213,47 +213,44 @@ impl Mapping {
         let len = nix::sys::stat::fstat(fd.as_fd())
             .map_err(|e| format!("fstat: {e}"))?
             .st_size as usize;
-        let size = NonZeroUsize::new(len).ok_or("empty BAR file")?;
-        // SAFETY: a fresh MAP_SHARED read-only mapping of a file we hold open, at an address the
-        // kernel chooses; nothing else in this process refers to that range.
-        let ptr = unsafe {
-            mmap(
-                None,
-                size,
-                ProtFlags::PROT_READ,
-                MapFlags::MAP_SHARED,
-                fd.as_fd(),
-                0,
-            )
-        }
-        .map_err(|e| format!("mmap: {e}"))?;
+        let window = SliceWindow::map_fd(
+            fd.as_fd(),
+            Path::new("BAR"),
+            0,
+            len as u64,
+            Access::ReadOnly,
+        )
+        .map_err(|e| format!("map: {e}"))?;
         Ok(Mapping {
-            ptr: ptr.cast(),
+            window,
             len,
+            buffer: std::cell::RefCell::new(vec![0; (len / 4).min(MAX_COUNT as usize)]),
         })
     }
 
-    /// Reads every 4-byte register once (volatile, as device memory must be read); returns
-    /// their sum so the loop cannot be optimised away.
+    /// Reads every 4-byte register once (volatile, through the window's checked access);
+    /// returns their sum so the loop cannot be optimised away.
     fn sweep(&self) -> u64 {
+        let mut buffer = self.buffer.borrow_mut();
+        let chunk = buffer.len().max(1);
         let mut sum = 0u64;
-        for i in 0..self.len / 4 {
-            // SAFETY: i * 4 + 4 <= len, the mapping is page-aligned (so u32-aligned) and alive
-            // for &self; volatile because the device (another process here) may change it.
-            sum += u64::from(unsafe { self.ptr.as_ptr().add(i).read_volatile() });
+        let mut at = 0usize;
+        while at < self.registers() {
+            let n = chunk.min(self.registers() - at);
+            if self
+                .window
+                .read_into((at * 4) as u64, Width::U32, &mut buffer[..n])
+                .is_ok()
+            {
+                sum = buffer[..n].iter().fold(sum, |s, v| s.wrapping_add(*v));
+            }
+            at += n;
         }
         sum
     }
 
     fn registers(&self) -> usize {
         self.len / 4
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the range mmap returned; no reference into it outlives self.
-        let _ = unsafe { munmap(self.ptr.cast(), self.len) };
     }
 }
 
