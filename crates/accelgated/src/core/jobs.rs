@@ -191,3 +191,76 @@ impl JobHandle {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::events::RecordedEvents;
+
+    fn jobs() -> (Arc<Jobs>, Arc<RecordedEvents>) {
+        let events = Arc::new(RecordedEvents::default());
+        (Arc::new(Jobs::new(events.clone())), events)
+    }
+
+    fn start(jobs: &Arc<Jobs>) -> JobHandle {
+        jobs.start(
+            Operation::SliceProgram,
+            Target::Slice("fpga0".into(), "region0".into()),
+            1000,
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn progress_only_rises_and_the_end_is_announced_once_final() {
+        let (jobs, events) = jobs();
+        let job = start(&jobs);
+        let id = job.id();
+        job.set_progress(0.5);
+        job.set_progress(0.25); // never backwards: not announced
+        job.set_progress(7.0); // clamped to 1
+        assert_eq!(jobs.get(id).unwrap().status().progress, 1.0);
+        job.finish(Err(CoreError::Busy("loader busy".into())));
+        let st = jobs.get(id).unwrap().status();
+        assert_eq!(st.state, JobState::Failed);
+        assert_eq!(st.message, "Busy: loader busy");
+        job.set_progress(0.9); // after the end: ignored
+        assert_eq!(
+            events.take(),
+            [
+                Event::JobStarted(id),
+                Event::JobProgress(id),
+                Event::JobProgress(id),
+                Event::JobFinished(id)
+            ]
+        );
+        assert!(jobs.get(id).unwrap().request_cancel().is_err());
+    }
+
+    #[tokio::test]
+    async fn cancel_reaches_the_work_and_a_cancelled_end_says_so() {
+        let (jobs, _) = jobs();
+        let job = start(&jobs);
+        let flag = job.cancel_flag();
+        jobs.get(job.id()).unwrap().request_cancel().unwrap();
+        assert!(flag.load(Ordering::SeqCst));
+        job.finish(Err(CoreError::Cancelled("stopped before writing".into())));
+        let st = jobs.get(job.id()).unwrap().status();
+        assert_eq!(st.state, JobState::Cancelled);
+        assert_eq!(st.message, "Cancelled: stopped before writing");
+        let ok = start(&jobs);
+        ok.finish(Ok("done".into()));
+        let st = jobs.get(ok.id()).unwrap().status();
+        assert_eq!((st.state, st.progress), (JobState::Succeeded, 1.0));
+    }
+
+    #[tokio::test]
+    async fn the_job_table_is_bounded() {
+        let (jobs, _) = jobs();
+        let handles: Vec<JobHandle> = (0..MAX_JOBS).map(|_| start(&jobs)).collect();
+        let refused = jobs.start(Operation::DeviceFlash, Target::Device("fpga0".into()), 0);
+        assert!(matches!(refused, Err(CoreError::Busy(_))));
+        assert_eq!(jobs.ids().len(), MAX_JOBS);
+        drop(handles);
+    }
+}
