@@ -1,34 +1,12 @@
 //! The daemon's fw-upload firmware backend against the simulated two-slot flash device: the
 //! same kernel interface the daemon uses on a real host.
 
-use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use accelgate_hw::{FwUpload, HwRoot, PciBdf};
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let path = std::env::temp_dir().join(format!(
-            "accelgate-fwsim-{tag}-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use accelgate_testkit::TempDir;
 
 fn standard(tag: &str) -> (TempDir, HwRoot) {
     let dir = TempDir::new(tag);
