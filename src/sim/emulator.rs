@@ -49,9 +49,11 @@ struct Shared {
     paced: bool,
 }
 
-/// Per firmware-upload entry: whether a worker owns it, and a pending cancel request.
+/// Per firmware-upload entry: whether a load is open (`loading`=1 seen), whether a worker
+/// owns it, and a pending cancel request.
 #[derive(Default)]
 struct UploadSlot {
+    loading: AtomicBool,
     busy: AtomicBool,
     cancel: AtomicBool,
 }
@@ -189,15 +191,28 @@ fn on_loading(shared: &Arc<Shared>, index: usize) -> Result<(), SimError> {
     if slot.busy.load(Ordering::Acquire) {
         return Ok(()); // the kernel refuses a new load while one is being processed
     }
+    // As the kernel: `loading`=1 opens a load (data cleared) and the status stays idle;
+    // `loading`=0 starts the upload of what was written (nothing for zero bytes); -1 aborts.
     match (request.trim(), status.as_str()) {
         ("1", "idle") => {
             let data = dir.join("data");
             std::fs::File::create(&data).map_err(SimError::io(&data))?;
-            write_atomic(&dir.join("error"), "\n")?;
-            write_atomic(&dir.join("status"), "receiving\n")
+            slot.loading.store(true, Ordering::Release);
+            Ok(())
         }
-        ("-1", "receiving") => abort_receiving(&dir),
-        ("0", "receiving") => {
+        ("-1", _) => {
+            slot.loading.store(false, Ordering::Release);
+            Ok(())
+        }
+        ("0", "idle") if slot.loading.swap(false, Ordering::AcqRel) => {
+            let data = dir.join("data");
+            let len = std::fs::metadata(&data).map_err(SimError::io(&data))?.len();
+            if len == 0 {
+                return Ok(());
+            }
+            write_atomic(&dir.join("error"), "\n")?;
+            write_atomic(&dir.join("remaining_size"), &format!("{len}\n"))?;
+            write_atomic(&dir.join("status"), "receiving\n")?;
             slot.busy.store(true, Ordering::Release);
             slot.cancel.store(false, Ordering::Release);
             let worker_shared = Arc::clone(shared);
@@ -234,16 +249,9 @@ fn on_cancel(shared: &Arc<Shared>, index: usize) -> Result<(), SimError> {
             slot.cancel.store(true, Ordering::Release);
             Ok(())
         }
-        _ if read_attr(&dir.join("status")).as_deref() == Some("receiving") => {
-            abort_receiving(&dir)
-        }
+        // Idle: the kernel answers ENODEV and changes nothing; a file cannot refuse a write.
         _ => Ok(()),
     }
-}
-
-fn abort_receiving(dir: &Path) -> Result<(), SimError> {
-    write_atomic(&dir.join("error"), "receiving:user-abort\n")?;
-    write_atomic(&dir.join("status"), "idle\n")
 }
 
 /// Worker: preparing -> transferring (paced) -> programming -> effect -> idle.
@@ -261,8 +269,9 @@ fn run_upload(shared: &Shared, index: usize, slot: &UploadSlot) {
         }
     };
     slot.busy.store(false, Ordering::Release);
+    // remaining_size stays as the upload left it, as in the kernel: it tells how far a failed
+    // upload got.
     let finish = write_atomic(&dir.join("error"), &error)
-        .and_then(|()| write_atomic(&dir.join("remaining_size"), "0\n"))
         .and_then(|()| write_atomic(&dir.join("status"), "idle\n"));
     if let Err(err) = finish {
         tracing::warn!("simulator: {err}");
@@ -284,7 +293,6 @@ fn upload_steps(
     let data_path = dir.join("data");
     let image = std::fs::read(&data_path).map_err(SimError::io(&data_path))?;
     let len = image.len() as u64;
-    write_atomic(&dir.join("remaining_size"), &format!("{len}\n"))?;
     write_atomic(&dir.join("status"), "preparing\n")?;
     std::thread::sleep(MIN_PAUSE);
     if slot.cancel.load(Ordering::Acquire) {
