@@ -49,11 +49,9 @@ struct Shared {
     paced: bool,
 }
 
-/// Per firmware-upload entry: whether a load is open (`loading`=1 seen), whether a worker
-/// owns it, and a pending cancel request.
+/// Per firmware-upload entry: whether a worker owns it, and a pending cancel request.
 #[derive(Default)]
 struct UploadSlot {
-    loading: AtomicBool,
     busy: AtomicBool,
     cancel: AtomicBool,
 }
@@ -191,25 +189,24 @@ fn on_loading(shared: &Arc<Shared>, index: usize) -> Result<(), SimError> {
     if slot.busy.load(Ordering::Acquire) {
         return Ok(()); // the kernel refuses a new load while one is being processed
     }
-    // As the kernel: `loading`=1 opens a load (data cleared) and the status stays idle;
-    // `loading`=0 starts the upload of what was written (nothing for zero bytes); -1 aborts.
+    // As the kernel: `loading`=1 leaves the status idle; `loading`=0 starts the upload of what
+    // was written to `data` (nothing for zero bytes); -1 drops it. The upload takes the data
+    // (the kernel frees its buffer): a late or repeated event for the same write finds none,
+    // and a late "1" must not clear data already written, so "1" changes nothing here.
     match (request.trim(), status.as_str()) {
-        ("1", "idle") => {
+        ("-1", "idle") => {
             let data = dir.join("data");
             std::fs::File::create(&data).map_err(SimError::io(&data))?;
-            slot.loading.store(true, Ordering::Release);
             Ok(())
         }
-        ("-1", _) => {
-            slot.loading.store(false, Ordering::Release);
-            Ok(())
-        }
-        ("0", "idle") if slot.loading.swap(false, Ordering::AcqRel) => {
+        ("0", "idle") => {
             let data = dir.join("data");
-            let len = std::fs::metadata(&data).map_err(SimError::io(&data))?.len();
-            if len == 0 {
+            let image = std::fs::read(&data).map_err(SimError::io(&data))?;
+            if image.is_empty() {
                 return Ok(());
             }
+            std::fs::File::create(&data).map_err(SimError::io(&data))?;
+            let len = image.len();
             write_atomic(&dir.join("error"), "\n")?;
             write_atomic(&dir.join("remaining_size"), &format!("{len}\n"))?;
             write_atomic(&dir.join("status"), "receiving\n")?;
@@ -219,7 +216,7 @@ fn on_loading(shared: &Arc<Shared>, index: usize) -> Result<(), SimError> {
             let worker_slot = Arc::clone(slot);
             let worker = std::thread::Builder::new()
                 .name(format!("sim-upload-{}", entry.name))
-                .spawn(move || run_upload(&worker_shared, index, &worker_slot));
+                .spawn(move || run_upload(&worker_shared, index, &worker_slot, &image));
             match worker {
                 Ok(handle) => {
                     if let Ok(mut workers) = shared.workers.lock() {
@@ -255,10 +252,10 @@ fn on_cancel(shared: &Arc<Shared>, index: usize) -> Result<(), SimError> {
 }
 
 /// Worker: preparing -> transferring (paced) -> programming -> effect -> idle.
-fn run_upload(shared: &Shared, index: usize, slot: &UploadSlot) {
+fn run_upload(shared: &Shared, index: usize, slot: &UploadSlot, image: &[u8]) {
     let entry = &shared.tree.spec.fw_uploads[index];
     let dir = shared.tree.fw_dir(&entry.name);
-    let outcome = upload_steps(shared, entry, &dir, slot);
+    let outcome = upload_steps(shared, entry, &dir, slot, image);
     let error = match outcome {
         Ok(Outcome::Stopped) => return, // emulator shut down mid-upload: left interrupted
         Ok(Outcome::Done) => "\n".to_string(),
@@ -289,9 +286,8 @@ fn upload_steps(
     entry: &FwEntrySpec,
     dir: &Path,
     slot: &UploadSlot,
+    image: &[u8],
 ) -> Result<Outcome, SimError> {
-    let data_path = dir.join("data");
-    let image = std::fs::read(&data_path).map_err(SimError::io(&data_path))?;
     let len = image.len() as u64;
     write_atomic(&dir.join("status"), "preparing\n")?;
     std::thread::sleep(MIN_PAUSE);
