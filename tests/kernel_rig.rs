@@ -9,6 +9,7 @@
 //! piece fails the test with a message saying what to install.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
@@ -120,7 +121,12 @@ fn scenarios_pass_on_the_real_kernel() {
         .lines()
         .find(|l| l.starts_with("RIG-TIME"))
         .unwrap_or("RIG-TIME (not reported)");
-    eprintln!("kernel rig: {elapsed:.1?} in all; {time_line}");
+    // Written to stderr directly, not through eprintln!, so that the time shows in `cargo
+    // test` output also when the test passes (the harness captures only the print macros).
+    let _ = writeln!(
+        std::io::stderr(),
+        "kernel rig: {elapsed:.1?} in all; {time_line}"
+    );
 
     let context = || {
         format!(
