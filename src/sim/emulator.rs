@@ -345,7 +345,7 @@ fn upload_steps(
     std::thread::sleep(MIN_PAUSE);
     match slot_write {
         Some(w) => w.finish()?,
-        None => apply_effect(shared, entry, &image)?,
+        None => apply_effect(shared, entry, image)?,
     }
     Ok(Outcome::Done)
 }
