@@ -10,6 +10,9 @@ use super::{read_attr, write_attr, HwRoot};
 
 /// How often the status is polled.
 const POLL_INTERVAL: Duration = Duration::from_millis(3);
+/// How long after `loading`=0 an idle status may still mean "not started yet" (the simulator
+/// reacts to the write a moment later; the kernel leaves idle before the write returns).
+const START_WINDOW: Duration = Duration::from_millis(300);
 /// Size of each write(2) to `data`.
 const CHUNK: usize = 1 << 20;
 
@@ -78,14 +81,17 @@ impl FwUpload {
         self.read("error")
     }
 
-    /// Busy unless status is idle. Write "1" to loading; wait for status "receiving"; write the
-    /// image to data (O_WRONLY|O_TRUNC, in chunks); write "0" to loading; wait for status to
-    /// leave "receiving"; poll until "idle", calling progress(0..=1) from remaining_size while
-    /// transferring (1.0 at the end). error "" = Ok, else Err(Device(text)). If `cancel` is set
-    /// before status reaches "programming": write "1" to cancel, wait for idle, Err(Cancelled)
-    /// (Ok if the device completed anyway, having reached "programming" in the meantime).
-    /// After "programming" a cancel request is ignored (point of no return). Overall timeout ->
-    /// Err(Timeout).
+    /// The kernel's order (drivers/base/firmware_loader/sysfs_upload.c): busy unless status is
+    /// idle; write "1" to loading (status stays idle); write the image to data (O_WRONLY|O_TRUNC,
+    /// in chunks); write "0" to loading, which starts the upload (status receiving ->
+    /// preparing -> transferring -> programming -> idle; the kernel answers EBUSY if another
+    /// upload runs). Poll until idle again, calling progress(0..=1) from remaining_size while
+    /// transferring (1.0 at the end); then error "" = Ok, else Err(Device(text)). `error` can
+    /// only be read while idle (EBUSY otherwise). If `cancel` is set before status reaches
+    /// "programming": write "1" to cancel (ENODEV when the upload is already over), wait for
+    /// idle, Err(Cancelled) if error ends in ":user-abort" (Ok if the device completed
+    /// anyway). After "programming" a cancel request is ignored (point of no return).
+    /// Overall timeout -> Err(Timeout).
     pub fn upload(
         &self,
         image: &[u8],
@@ -94,6 +100,10 @@ impl FwUpload {
         timeout: Duration,
     ) -> Result<(), FwUploadError> {
         let deadline = Instant::now() + timeout;
+        if image.is_empty() {
+            // The kernel starts no upload for zero bytes and leaves the last error in place.
+            return Err(FwUploadError::Device("the image is empty".into()));
+        }
         let status = self.status()?;
         if status != "idle" {
             return Err(FwUploadError::Busy(status));
@@ -102,24 +112,35 @@ impl FwUpload {
             return Err(FwUploadError::Cancelled);
         }
         self.write("loading", "1")?;
-        if let Err(err) = self.wait_status(deadline, |s| s == "receiving") {
-            // Abort the half-started load so the entry does not stay in "receiving".
-            let _ = self.write("loading", "-1");
-            return Err(err);
-        }
         if let Err(err) = self.write_data(image) {
+            // Abort the half-written load so the next one starts clean.
             let _ = self.write("loading", "-1");
             return Err(err);
         }
-        self.write("loading", "0")?;
-        self.wait_status(deadline, |s| s != "receiving")?;
+        if let Err(err) = self.write("loading", "0") {
+            let _ = self.write("loading", "-1");
+            return Err(match err {
+                FwUploadError::Io { source, .. }
+                    if source.raw_os_error() == Some(nix::libc::EBUSY) =>
+                {
+                    FwUploadError::Busy("another upload is running".into())
+                }
+                other => other,
+            });
+        }
+        // The kernel leaves idle inside the write above; a file-backed simulation does so a
+        // moment later. Idle before it was seen to leave means finished only once the start
+        // window is over.
+        let start_window = Instant::now() + START_WINDOW;
+        let mut started = false;
 
-        let total = image.len().max(1) as f64;
+        let total = image.len() as f64;
         let mut programming = false;
         loop {
             let status = self.status()?;
             match status.as_str() {
-                "idle" => break,
+                "idle" if started || Instant::now() >= start_window => break,
+                "idle" => {}
                 "programming" => programming = true,
                 "transferring" => {
                     if let Ok(remaining) = self.read("remaining_size") {
@@ -130,8 +151,15 @@ impl FwUpload {
                 }
                 _ => {}
             }
-            if !programming && cancel.load(Ordering::Relaxed) {
-                self.write("cancel", "1")?;
+            started |= status != "idle";
+            if started && !programming && cancel.load(Ordering::Relaxed) {
+                match self.write("cancel", "1") {
+                    Ok(()) => {}
+                    // ENODEV: idle already, the upload is over; its error tells how it ended.
+                    Err(FwUploadError::Io { source, .. })
+                        if source.raw_os_error() == Some(nix::libc::ENODEV) => {}
+                    Err(err) => return Err(err),
+                }
                 self.wait_status(deadline, |s| s == "idle")?;
                 // The device may have passed the point of no return just before the request
                 // arrived; then the upload completed and saying "cancelled" would be false.
@@ -146,7 +174,10 @@ impl FwUpload {
                 };
             }
             if Instant::now() >= deadline {
-                if !programming {
+                if !started {
+                    // Nothing took the load: drop it so the entry does not keep the data.
+                    let _ = self.write("loading", "-1");
+                } else if !programming {
                     let _ = self.write("cancel", "1");
                 }
                 return Err(FwUploadError::Timeout);

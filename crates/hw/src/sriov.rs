@@ -31,12 +31,20 @@ pub enum SriovError {
     Timeout(u32),
     #[error("cannot open VF")]
     Vf(#[source] PciError),
+    #[error(
+        "no driver is bound to the PF {0}, and the kernel configures SR-IOV only through one \
+         (pf_stub = true in the device's [device.vfs] binds pci-pf-stub)"
+    )]
+    NoPfDriver(PciBdf),
+    #[error("pci-pf-stub did not bind to {0} (is the pci-pf-stub module loaded?)")]
+    StubNotBound(PciBdf),
 }
 
 /// The SR-IOV controls of one physical function.
 #[derive(Clone, Debug)]
 pub struct Sriov {
     dir: PathBuf,
+    bdf: PciBdf,
 }
 
 impl Sriov {
@@ -46,7 +54,37 @@ impl Sriov {
         }
         Ok(Sriov {
             dir: pf.dir.clone(),
+            bdf: pf.bdf.clone(),
         })
+    }
+
+    /// Binds the kernel's `pci-pf-stub` (it claims no BAR) to a PF that has no driver, the way
+    /// an admin would: `driver_override`, then `drivers_probe` of the PCI bus. A PF with a
+    /// driver is left alone.
+    pub fn bind_pf_stub(&self) -> Result<(), SriovError> {
+        if self.has_driver() {
+            return Ok(());
+        }
+        let io = |path: PathBuf| move |source| SriovError::Io { path, source };
+        let overridden = self.dir.join("driver_override");
+        write_attr(&overridden, "pci-pf-stub").map_err(io(overridden.clone()))?;
+        // <root>/sys/bus/pci/devices/<bdf> -> <root>/sys/bus/pci/drivers_probe
+        let probe = self
+            .dir
+            .parent()
+            .and_then(|devices| devices.parent())
+            .map(|bus| bus.join("drivers_probe"))
+            .ok_or_else(|| SriovError::Malformed(self.dir.clone()))?;
+        write_attr(&probe, self.bdf.as_str()).map_err(io(probe.clone()))?;
+        if self.has_driver() {
+            Ok(())
+        } else {
+            Err(SriovError::StubNotBound(self.bdf.clone()))
+        }
+    }
+
+    fn has_driver(&self) -> bool {
+        self.dir.join("driver").symlink_metadata().is_ok()
     }
 
     pub fn total_vfs(&self) -> Result<u32, SriovError> {
@@ -70,6 +108,9 @@ impl Sriov {
         }
         let deadline = Instant::now() + timeout;
         let current = self.num_vfs()?;
+        if n != 0 {
+            self.keep_vfs_unclaimed()?;
+        }
         if current != n {
             if current != 0 && n != 0 {
                 self.write_count(0)?;
@@ -104,7 +145,27 @@ impl Sriov {
 
     fn write_count(&self, n: u32) -> Result<(), SriovError> {
         let path = self.dir.join("sriov_numvfs");
-        write_attr(&path, &format!("{n}\n")).map_err(|source| SriovError::Io { path, source })
+        write_attr(&path, &format!("{n}\n")).map_err(|source| {
+            // The kernel's answer when no driver is bound to the PF.
+            if source.raw_os_error() == Some(nix::libc::ENOENT) && !self.has_driver() {
+                SriovError::NoPfDriver(self.bdf.clone())
+            } else {
+                SriovError::Io { path, source }
+            }
+        })
+    }
+
+    /// New VFs stay without a kernel driver (`sriov_drivers_autoprobe` = 0): a driver that
+    /// claims a VF's BAR (e.g. igbvf) makes it unmappable under CONFIG_IO_STRICT_DEVMEM.
+    fn keep_vfs_unclaimed(&self) -> Result<(), SriovError> {
+        let path = self.dir.join("sriov_drivers_autoprobe");
+        match read_attr(&path) {
+            Ok(value) if value.trim() == "0" => Ok(()),
+            Ok(_) => write_attr(&path, "0").map_err(|source| SriovError::Io { path, source }),
+            // Kernels before 4.12 have no such attribute.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(SriovError::Io { path, source }),
+        }
     }
 
     /// Whether the kernel has finished: the count reads back `n` and exactly virtfn0..n-1 exist.

@@ -130,6 +130,9 @@ pub struct VfPolicy {
     pub bar: u8,
     /// Writable ranges in the VF BAR; `None` means the whole BAR.
     pub writable: Option<Vec<(u64, u64)>>,
+    /// Bind `pci-pf-stub` to the PF when it has no driver: the kernel configures SR-IOV only
+    /// through a bound driver.
+    pub pf_stub: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

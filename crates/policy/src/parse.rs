@@ -409,7 +409,12 @@ fn vf_policy(src: &Source<'_>, raw: RawVfs) -> Result<VfPolicy, PolicyError> {
         .writable
         .map(|w| writable_ranges(src, w, None))
         .transpose()?;
-    Ok(VfPolicy { max, bar, writable })
+    Ok(VfPolicy {
+        max,
+        bar,
+        writable,
+        pf_stub: raw.pf_stub.unwrap_or(false),
+    })
 }
 
 /// Checks `[start, end)` ranges against `limit` (the slice size, when known), sorts them and

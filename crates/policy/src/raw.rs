@@ -75,6 +75,7 @@ pub(super) struct RawVfs {
     pub max: Spanned<u32>,
     pub bar: Option<Spanned<u8>>,
     pub writable: Option<Vec<Spanned<Vec<u64>>>>,
+    pub pf_stub: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

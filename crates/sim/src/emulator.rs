@@ -189,22 +189,34 @@ fn on_loading(shared: &Arc<Shared>, index: usize) -> Result<(), SimError> {
     if slot.busy.load(Ordering::Acquire) {
         return Ok(()); // the kernel refuses a new load while one is being processed
     }
+    // As the kernel: `loading`=1 leaves the status idle; `loading`=0 starts the upload of what
+    // was written to `data` (nothing for zero bytes); -1 drops it. The upload takes the data
+    // (the kernel frees its buffer): a late or repeated event for the same write finds none,
+    // and a late "1" must not clear data already written, so "1" changes nothing here.
     match (request.trim(), status.as_str()) {
-        ("1", "idle") => {
+        ("-1", "idle") => {
             let data = dir.join("data");
             std::fs::File::create(&data).map_err(SimError::io(&data))?;
-            write_atomic(&dir.join("error"), "\n")?;
-            write_atomic(&dir.join("status"), "receiving\n")
+            Ok(())
         }
-        ("-1", "receiving") => abort_receiving(&dir),
-        ("0", "receiving") => {
+        ("0", "idle") => {
+            let data = dir.join("data");
+            let image = std::fs::read(&data).map_err(SimError::io(&data))?;
+            if image.is_empty() {
+                return Ok(());
+            }
+            std::fs::File::create(&data).map_err(SimError::io(&data))?;
+            let len = image.len();
+            write_atomic(&dir.join("error"), "\n")?;
+            write_atomic(&dir.join("remaining_size"), &format!("{len}\n"))?;
+            write_atomic(&dir.join("status"), "receiving\n")?;
             slot.busy.store(true, Ordering::Release);
             slot.cancel.store(false, Ordering::Release);
             let worker_shared = Arc::clone(shared);
             let worker_slot = Arc::clone(slot);
             let worker = std::thread::Builder::new()
                 .name(format!("sim-upload-{}", entry.name))
-                .spawn(move || run_upload(&worker_shared, index, &worker_slot));
+                .spawn(move || run_upload(&worker_shared, index, &worker_slot, &image));
             match worker {
                 Ok(handle) => {
                     if let Ok(mut workers) = shared.workers.lock() {
@@ -234,23 +246,16 @@ fn on_cancel(shared: &Arc<Shared>, index: usize) -> Result<(), SimError> {
             slot.cancel.store(true, Ordering::Release);
             Ok(())
         }
-        _ if read_attr(&dir.join("status")).as_deref() == Some("receiving") => {
-            abort_receiving(&dir)
-        }
+        // Idle: the kernel answers ENODEV and changes nothing; a file cannot refuse a write.
         _ => Ok(()),
     }
 }
 
-fn abort_receiving(dir: &Path) -> Result<(), SimError> {
-    write_atomic(&dir.join("error"), "receiving:user-abort\n")?;
-    write_atomic(&dir.join("status"), "idle\n")
-}
-
 /// Worker: preparing -> transferring (paced) -> programming -> effect -> idle.
-fn run_upload(shared: &Shared, index: usize, slot: &UploadSlot) {
+fn run_upload(shared: &Shared, index: usize, slot: &UploadSlot, image: &[u8]) {
     let entry = &shared.tree.spec.fw_uploads[index];
     let dir = shared.tree.fw_dir(&entry.name);
-    let outcome = upload_steps(shared, entry, &dir, slot);
+    let outcome = upload_steps(shared, entry, &dir, slot, image);
     let error = match outcome {
         Ok(Outcome::Stopped) => return, // emulator shut down mid-upload: left interrupted
         Ok(Outcome::Done) => "\n".to_string(),
@@ -261,8 +266,9 @@ fn run_upload(shared: &Shared, index: usize, slot: &UploadSlot) {
         }
     };
     slot.busy.store(false, Ordering::Release);
+    // remaining_size stays as the upload left it, as in the kernel: it tells how far a failed
+    // upload got.
     let finish = write_atomic(&dir.join("error"), &error)
-        .and_then(|()| write_atomic(&dir.join("remaining_size"), "0\n"))
         .and_then(|()| write_atomic(&dir.join("status"), "idle\n"));
     if let Err(err) = finish {
         tracing::warn!("simulator: {err}");
@@ -280,11 +286,9 @@ fn upload_steps(
     entry: &FwEntrySpec,
     dir: &Path,
     slot: &UploadSlot,
+    image: &[u8],
 ) -> Result<Outcome, SimError> {
-    let data_path = dir.join("data");
-    let image = std::fs::read(&data_path).map_err(SimError::io(&data_path))?;
     let len = image.len() as u64;
-    write_atomic(&dir.join("remaining_size"), &format!("{len}\n"))?;
     write_atomic(&dir.join("status"), "preparing\n")?;
     std::thread::sleep(MIN_PAUSE);
     if slot.cancel.load(Ordering::Acquire) {
@@ -341,7 +345,7 @@ fn upload_steps(
     std::thread::sleep(MIN_PAUSE);
     match slot_write {
         Some(w) => w.finish()?,
-        None => apply_effect(shared, entry, &image)?,
+        None => apply_effect(shared, entry, image)?,
     }
     Ok(Outcome::Done)
 }

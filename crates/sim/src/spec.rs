@@ -49,6 +49,16 @@ pub struct VfSpec {
     pub bar0_size: u64,
     /// VF i has ID register `id_base | i`.
     pub id_base: u32,
+    /// The SR-IOV capability's First VF Offset and VF Stride: VF i's routing ID is the PF's
+    /// plus `first_offset + i * stride` (QEMU's igb: 128 and 2).
+    #[serde(default = "one")]
+    pub first_offset: u32,
+    #[serde(default = "one")]
+    pub stride: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// One firmware-upload entry and what completing an upload does.
@@ -105,7 +115,13 @@ impl SimSpec {
             entry("fpga0-region1", &fpga_bdf, FwEffect::Region(1)),
             entry("fpga0-flash", &fpga_bdf, FwEffect::Flash),
         ];
-        let nic = nic_pf(0, "0000:5e:00.0".into(), 8);
+        let mut nic = nic_pf(0, "0000:5e:00.0".into(), 8);
+        // VFs laid out like QEMU's igb (8 VFs at offset 128, stride 2: 5e:10.0, 5e:10.2, ...);
+        // the scale host keeps 1 and 1 to fit 255 VFs on the PF's bus.
+        if let Some(vfs) = nic.sriov.as_mut() {
+            vfs.first_offset = 128;
+            vfs.stride = 2;
+        }
         fw_uploads.push(entry("nic0-personality", &nic.bdf, FwEffect::Personality));
         SimSpec {
             functions: vec![fpga, nic],
@@ -150,6 +166,8 @@ fn nic_pf(index: u32, bdf: String, total_vfs: u32) -> PfSpec {
             class: 0x02_0000,
             bar0_size: 16 << 10,
             id_base: 0xacce_e100,
+            first_offset: 1,
+            stride: 1,
         }),
     }
 }

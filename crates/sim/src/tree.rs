@@ -119,6 +119,12 @@ impl Tree {
             resources.push((vf_bar_base(bar_start), vfs.bar0_size * u64::from(vfs.total)));
             write_file(&dir.join("sriov_totalvfs"), &format!("{}\n", vfs.total))?;
             create_if_missing(&dir.join("sriov_numvfs"), "0\n")?;
+            write_file(
+                &dir.join("sriov_offset"),
+                &format!("{}\n", vfs.first_offset),
+            )?;
+            write_file(&dir.join("sriov_stride"), &format!("{}\n", vfs.stride))?;
+            create_if_missing(&dir.join("sriov_drivers_autoprobe"), "1\n")?;
         }
         let mut registers = vec![(REG_ID, pf.id)];
         for (n, region) in pf.regions.iter().enumerate() {
@@ -222,8 +228,10 @@ impl Tree {
             Some(bus_dir) => self.listed_vfs(pf, bus_dir, |name| {
                 // Validated first: slicing needs a well-formed ASCII address.
                 (PciBdf::parse(name).is_ok() && name[..7] == pf.bdf[..7] && name != pf.bdf)
-                    .then(|| devfn(name).checked_sub(pf_devfn + 1))
+                    .then(|| devfn(name).checked_sub(pf_devfn + vfs.first_offset))
                     .flatten()
+                    .filter(|d| d % vfs.stride.max(1) == 0)
+                    .map(|d| d / vfs.stride.max(1))
             }),
             None => Vec::new(),
         };
@@ -237,7 +245,7 @@ impl Tree {
         stale.sort_unstable_by(|a, b| b.cmp(a));
         stale.dedup();
         for i in stale {
-            let vf_bdf = vf_bdf(&pf.bdf, i);
+            let vf_bdf = vf_bdf(&pf.bdf, vfs, i);
             let vf_dir = self.function_dir(&vf_bdf);
             self.remove_vf(&dir.join(format!("virtfn{i}")), &vf_bdf, &vf_dir)?;
         }
@@ -280,7 +288,7 @@ impl Tree {
     /// A fresh VF: its directory (replacing any half-made one), then the bus link, then
     /// `virtfn<i>` last, so the PF link means "complete".
     fn create_vf(&self, pf: &PfSpec, vfs: &VfSpec, i: u32) -> Result<(), SimError> {
-        let vf_bdf = vf_bdf(&pf.bdf, i);
+        let vf_bdf = vf_bdf(&pf.bdf, vfs, i);
         let vf_dir = self.function_dir(&vf_bdf);
         if vf_dir.exists() {
             std::fs::remove_dir_all(&vf_dir).map_err(SimError::io(&vf_dir))?;
@@ -306,6 +314,8 @@ impl Tree {
             vfs.bar0_size,
             &[(REG_ID, vfs.id_base | i)],
         )?;
+        // VFs stay without a driver, as the daemon keeps them (sriov_drivers_autoprobe = 0).
+        remove_if_present(&vf_dir.join("driver"))?;
         ensure_symlink(Path::new(&format!("../{}", pf.bdf)), &vf_dir.join("physfn"))?;
         self.link_function(&vf_bdf)?;
         ensure_symlink(
@@ -333,9 +343,10 @@ fn devfn(bdf: &str) -> u32 {
     device << 3 | function
 }
 
-/// PCI address of VF `i` of a PF: routing ID = PF devfn + 1 + i (first VF offset 1, stride 1).
-pub(crate) fn vf_bdf(pf_bdf: &str, i: u32) -> String {
-    let devfn = devfn(pf_bdf) + 1 + i;
+/// PCI address of VF `i` of a PF: routing ID = PF's + First VF Offset + i * VF Stride, as the
+/// SR-IOV capability says (the specs keep every VF on the PF's bus).
+pub(crate) fn vf_bdf(pf_bdf: &str, vfs: &VfSpec, i: u32) -> String {
+    let devfn = devfn(pf_bdf) + vfs.first_offset + i * vfs.stride;
     format!(
         "{}:{:02x}.{:x}",
         &pf_bdf[..7],

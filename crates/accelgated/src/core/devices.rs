@@ -10,7 +10,9 @@ use std::sync::{Arc, RwLock};
 use accelgate_policy::{DevicePolicy, LoaderSpec, SliceKind, SlicePolicy};
 use accelgate_proto::names::vf_slice_id;
 
-use accelgate_hw::{HwRoot, PciBdf, PciFunction, SliceWindow, Sriov};
+use accelgate_hw::{HwRoot, PciBdf, PciFunction, SliceWindow, Sriov, WindowError};
+
+use super::error::error_chain;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
@@ -32,6 +34,18 @@ pub enum DeviceError {
         device: String,
         slice: String,
         bar: u8,
+    },
+    #[error(
+        "slice {device}/{slice}: BAR {bar} of {pci} is owned by the kernel driver {driver}; \
+         the kernel refuses to map a BAR a driver owns (CONFIG_IO_STRICT_DEVMEM): unbind the \
+         driver or leave the function without one"
+    )]
+    Claimed {
+        device: String,
+        slice: String,
+        pci: String,
+        bar: u8,
+        driver: String,
     },
     #[error("slice {device}/{slice}: window does not fit BAR {bar}")]
     Window {
@@ -106,6 +120,16 @@ impl DeviceRt {
             })?),
             None => None,
         };
+        let mut pci = pci;
+        if let (Some(sriov), Some(vfp)) = (&sriov, &policy.vfs) {
+            if vfp.pf_stub && pci.driver.is_none() {
+                // Without it SetVfCount fails, saying why; the device's windows still work.
+                match sriov.bind_pf_stub() {
+                    Ok(()) => pci = PciFunction::open(hw, &pci.bdf.clone()).unwrap_or(pci),
+                    Err(e) => tracing::error!("{}: {}", policy.id, error_chain(&e)),
+                }
+            }
+        }
         let dev = DeviceRt {
             policy: policy.clone(),
             pci,
@@ -179,14 +203,8 @@ impl DeviceRt {
                 source,
             })?;
             let resource = vf.resource_path(vfp.bar);
-            let window = SliceWindow::open(&resource, 0, bar.size).map_err(|source| {
-                DeviceError::Window {
-                    device: self.policy.id.clone(),
-                    slice: id.clone(),
-                    bar: vfp.bar,
-                    source,
-                }
-            })?;
+            let window = SliceWindow::open(&resource, 0, bar.size)
+                .map_err(|source| window_error(&self.policy.id, &id, &vf, vfp.bar, source))?;
             let writable = vfp.writable.clone().unwrap_or_else(|| vec![(0, bar.size)]);
             slices.insert(
                 id.clone(),
@@ -222,15 +240,8 @@ fn open_declared_slice(
             bar: sp.bar,
         });
     }
-    let window =
-        SliceWindow::open(&pci.resource_path(sp.bar), sp.offset, sp.size).map_err(|source| {
-            DeviceError::Window {
-                device: device.to_owned(),
-                slice: sp.id.clone(),
-                bar: sp.bar,
-                source,
-            }
-        })?;
+    let window = SliceWindow::open(&pci.resource_path(sp.bar), sp.offset, sp.size)
+        .map_err(|source| window_error(device, &sp.id, pci, sp.bar, source))?;
     Ok(SliceRt {
         id: sp.id.clone(),
         kind: sp.kind,
@@ -239,6 +250,35 @@ fn open_declared_slice(
         loader: sp.loader.clone(),
         mappable_resource: None,
     })
+}
+
+/// A window that cannot be mapped because a kernel driver owns the BAR says which driver.
+fn window_error(
+    device: &str,
+    slice: &str,
+    function: &PciFunction,
+    bar: u8,
+    source: WindowError,
+) -> DeviceError {
+    match (&function.driver, &source) {
+        (Some(driver), WindowError::Map { source: errno, .. })
+            if *errno == nix::errno::Errno::EINVAL =>
+        {
+            DeviceError::Claimed {
+                device: device.to_owned(),
+                slice: slice.to_owned(),
+                pci: function.bdf.to_string(),
+                bar,
+                driver: driver.clone(),
+            }
+        }
+        _ => DeviceError::Window {
+            device: device.to_owned(),
+            slice: slice.to_owned(),
+            bar,
+            source,
+        },
+    }
 }
 
 /// `vf12` -> 12.

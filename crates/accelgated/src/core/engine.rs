@@ -30,7 +30,8 @@ use super::tenant::Tenant;
 
 /// Size of the all-zero image that blanks a region when it is released (the simulated regions,
 /// like partial-reconfiguration regions loaded with a blank bitstream, read it as "empty").
-const BLANK_IMAGE_SIZE: usize = 4096;
+/// Small enough for drivers with small upload limits (the kernel's test_firmware: 2048 bytes).
+const BLANK_IMAGE_SIZE: usize = 1024;
 /// Longest an image upload may take before it is reported failed.
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(600);
 /// Longest the kernel may take to create or remove VFs.
@@ -275,6 +276,21 @@ impl Engine {
                 )),
             ));
         };
+        // A BAR a kernel driver owns cannot be mapped (CONFIG_IO_STRICT_DEVMEM): say so here
+        // rather than let the caller's mmap fail with EINVAL.
+        let driver = resource
+            .parent()
+            .and_then(|function| std::fs::read_link(function.join("driver")).ok());
+        if let Some(driver) = driver.as_ref().and_then(|d| d.file_name()) {
+            return Err(self.deny_by_limit(
+                auth,
+                CoreError::Failed(format!(
+                    "{} cannot be mapped: the kernel driver {} owns its BAR",
+                    auth.target(),
+                    driver.to_string_lossy()
+                )),
+            ));
+        }
         std::fs::OpenOptions::new()
             .read(true)
             .write(true)

@@ -79,26 +79,31 @@ pub fn caps_mask(caps: &[Capability]) -> u64 {
 
 /// The capabilities the daemon needs after start-up, for hardware under `hw_root`.
 ///
-/// None, in both cases:
-///
-/// - Simulation (`hw_root` is not `/`): the tree is files the daemon created itself.
-/// - Real hardware (`hw_root` is `/`): the daemon runs as uid 0, and everything it touches
-///   after start-up is owned by root with owner write permission, so plain DAC grants access
-///   and CAP_DAC_OVERRIDE is not needed: `sriov_numvfs` (0664), firmware-upload `loading` and
-///   `data` (0644), `resourceN` (0600), `/dev/mtdN` (0660), the state directory (0700).
-///   The kernel checks no capability on these paths: `pci_mmap_resource` (sysfs `resourceN`
-///   mmap) checks only lockdown (`LOCKDOWN_PCI_ACCESS`) and exclusive iomem — CAP_SYS_RAWIO
-///   is checked for `/proc/bus/pci` mmap, `/dev/mem` and ioperm/iopl, none of which the daemon
-///   uses; `sriov_numvfs_store`, the firmware-upload class and the MTD ioctls (which need only
-///   a write-mode fd) check none. Reading PCI `config` beyond the first 64 bytes needs
+/// - Simulation (`hw_root` is not `/`): none; the tree is files the daemon created itself.
+/// - Real hardware (`hw_root` is `/`): CAP_SYS_RAWIO only. The kernel's firmware loader
+///   refuses writes to a firmware-upload entry's `data` without it (`firmware_data_write`
+///   checks `capable(CAP_SYS_RAWIO)`; found by the real-kernel rig, see rig/README.md), and
+///   every Program, Configure, scrub-on-release and fw-upload Flash writes there.
+///   Otherwise the daemon runs as uid 0, and everything it touches after start-up is owned by
+///   root with owner write permission, so plain DAC grants access and CAP_DAC_OVERRIDE is not
+///   needed: `sriov_numvfs` (0664), `sriov_drivers_autoprobe`, `driver_override` (0644),
+///   `drivers_probe` (0200), firmware-upload `loading` (0644), `resourceN` (0600), `/dev/mtdN`
+///   (0660), the state directory (0700). `pci_mmap_resource` (sysfs `resourceN` mmap) checks
+///   only lockdown (`LOCKDOWN_PCI_ACCESS`) and exclusive iomem (a BAR a driver owns cannot be
+///   mapped); `sriov_numvfs_store`, `loading` and the MTD ioctls (which need only a
+///   write-mode fd) check no capability. Reading PCI `config` beyond the first 64 bytes needs
 ///   CAP_SYS_ADMIN, checked against the credentials of the opener at open time: the hardware
 ///   layer reads `config` during discovery, before `confine`, or keeps an fd opened then.
 ///   Caller credentials come from the bus and `/proc/<pid>/status`, which is world-readable.
 ///
 /// The root is a parameter so that a backend that ever needs a capability on real hardware
 /// adds it here, with the reason, without changing the caller.
-pub fn required_caps(_hw_root: &Path) -> Vec<Capability> {
-    Vec::new()
+pub fn required_caps(hw_root: &Path) -> Vec<Capability> {
+    if hw_root == Path::new("/") {
+        vec![Capability::CAP_SYS_RAWIO]
+    } else {
+        Vec::new()
+    }
 }
 
 /// Confines the calling process (all of its threads). See the module documentation.
@@ -153,8 +158,11 @@ mod tests {
     }
 
     #[test]
-    fn no_capability_is_kept_for_simulated_or_real_hardware() {
+    fn only_real_hardware_keeps_cap_sys_rawio() {
         assert!(required_caps(Path::new("/tmp/sim")).is_empty());
-        assert!(required_caps(Path::new("/")).is_empty());
+        assert_eq!(
+            required_caps(Path::new("/")),
+            vec![Capability::CAP_SYS_RAWIO]
+        );
     }
 }
