@@ -210,6 +210,41 @@ fn tenant_programs_its_slice_and_reads_the_result() {
     );
 }
 
+/// The simulated firmware-upload directory of a loader (`sys/class/firmware/NAME`).
+fn loader_dir(sim_dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    sim_dir.join("sys/class/firmware").join(name)
+}
+
+/// Size and modification time (ns) of each file of a loader: any upload rewrites `loading`,
+/// `status` and `data`.
+fn loader_snapshot(dir: &std::path::Path) -> Vec<(String, u64, i128)> {
+    let mut files: Vec<(String, u64, i128)> =
+        ["loading", "status", "data", "error", "remaining_size"]
+            .iter()
+            .map(|name| {
+                let m = fs::metadata(dir.join(name))
+                    .unwrap_or_else(|e| panic!("{}/{name}: {e}", dir.display()));
+                let mtime = m
+                    .modified()
+                    .unwrap()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as i128;
+                (name.to_string(), m.len(), mtime)
+            })
+            .collect();
+    files.sort();
+    files
+}
+
+/// The loader's status as the simulated kernel left it.
+fn loader_status(dir: &std::path::Path) -> String {
+    fs::read_to_string(dir.join("status"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
 fn hex_prefix(sha: &str) -> [u8; 8] {
     let mut out = [0u8; 8];
     for (i, b) in out.iter_mut().enumerate() {
@@ -242,14 +277,43 @@ fn every_mutating_call_is_idempotent() {
 
     let img = write_image(&s.dir, "app.bin", b"application image v1");
     let sha = sha256_hex(b"application image v1");
-    for _ in 0..2 {
-        s.ctl(
+    let first = s
+        .ctl(
             "ag-tenant1",
-            &["program", "fpga0/region0", img.to_str().unwrap()],
+            &["--json", "program", "fpga0/region0", img.to_str().unwrap()],
         )
         .ok();
-        s.wait_image("region0", &sha);
-    }
+    assert!(
+        !first.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("already loaded"),
+        "{}",
+        first.stdout
+    );
+    s.wait_image("region0", &sha);
+    // The same image again: the job ends at once and the loader is not touched (no upload
+    // started, its data file neither rewritten nor truncated).
+    let loader = loader_dir(&s.daemon.sim_dir, "fpga0-region0");
+    let before = loader_snapshot(&loader);
+    let again = s
+        .ctl(
+            "ag-tenant1",
+            &["--json", "program", "fpga0/region0", img.to_str().unwrap()],
+        )
+        .ok();
+    assert_eq!(
+        again.json()["message"],
+        format!("image {sha} is already loaded"),
+        "{}",
+        again.stdout
+    );
+    assert_eq!(
+        loader_snapshot(&loader),
+        before,
+        "the repeated Program wrote to the loader"
+    );
+    assert_eq!(s.obs.image_sha256("fpga0", "region0"), sha);
 
     for _ in 0..2 {
         s.ctl("ag-operator", &["vfs", "nic0", "3"]).ok();
@@ -327,6 +391,38 @@ fn restart_restores_assignments_images_and_vfs() {
     assert_eq!(s.obs.tenant("nic0", "vf2"), "user:ag-tenant2");
 }
 
+/// Kills the daemon as soon as `loader`'s status reads `phase` while `start` runs a load,
+/// and returns the status the kill left (the simulated kernel runs inside the daemon, so it
+/// stops with it). Tries a few times: the kill must land in the phase, not before or after.
+fn kill_during(
+    s: &mut Stack,
+    loader: &std::path::Path,
+    phase: &str,
+    start: impl Fn(&str) -> std::thread::JoinHandle<Ctl>,
+    reset: impl Fn(&mut Stack),
+) -> bool {
+    for _ in 0..5 {
+        let client = start(&s.bus.address);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut seen = loader_status(loader);
+        while seen != phase && Instant::now() < deadline && !client.is_finished() {
+            seen = fs::read_to_string(loader.join("status"))
+                .unwrap_or_default()
+                .trim()
+                .to_owned();
+        }
+        s.daemon.kill();
+        let _ = client.join();
+        if loader_status(loader) == phase {
+            return true;
+        }
+        // Missed the phase: start over from a clean slice.
+        s.daemon.restart();
+        reset(s);
+    }
+    false
+}
+
 #[test]
 fn sigkill_during_program_leaves_a_consistent_slice() {
     let mut s = Setup::new("kill-program");
@@ -335,44 +431,130 @@ fn sigkill_during_program_leaves_a_consistent_slice() {
     // Big enough that the simulated loader takes a while (it is paced like hardware).
     let bytes: Vec<u8> = (0..6_000_000u32).map(|i| (i % 251) as u8).collect();
     let img = write_image(&s.dir, "big.bin", &bytes);
-    let sha = sha256_hex(&bytes);
-    for delay_ms in [0u64, 20, 60, 120] {
+    let loader = loader_dir(&s.daemon.sim_dir, "fpga0-region0");
+    let state_file = s.daemon.state_dir.join("state.json");
+    // receiving: the daemon is writing the image into the loader; transferring: the device
+    // is taking it. Either way the region's content is unknown after the kill.
+    for phase in ["receiving", "transferring"] {
         let img_arg = img.to_str().unwrap().to_owned();
-        let address = s.bus.address.clone();
-        let client = std::thread::spawn(move || {
-            ctl(
-                &address,
-                "ag-tenant1",
-                &["program", "fpga0/region0", &img_arg],
-            )
-        });
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        s.daemon.kill();
-        let _ = client.join();
+        let start = |address: &str| {
+            let (address, img_arg) = (address.to_owned(), img_arg.clone());
+            std::thread::spawn(move || {
+                ctl(
+                    &address,
+                    "ag-tenant1",
+                    &["program", "fpga0/region0", &img_arg],
+                )
+            })
+        };
+        let reset = |s: &mut Stack| {
+            s.ctl("ag-operator", &["release", "fpga0/region0"]).ok();
+            s.ctl("ag-operator", &["assign", "fpga0/region0", "ag-tenant1"])
+                .ok();
+        };
+        assert!(
+            kill_during(&mut s, &loader, phase, start, reset),
+            "no kill landed while the loader was {phase}"
+        );
+        // The state file says the image is in flux: start-up must repair it.
+        let state: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&state_file).unwrap()).unwrap();
+        assert_eq!(
+            state["slices"]["fpga0/region0"]["image_in_flux"], true,
+            "{phase}: {state}"
+        );
+        let log_before = s.daemon.log_text().len();
         s.daemon.restart();
-        // Either the image is there and recorded, or neither: never a recorded image the
-        // hardware does not hold, nor the reverse.
-        let recorded = s.obs.image_sha256("fpga0", "region0");
-        let regs = s.obs.read("fpga0", "region0", 0x8, 2, 8).unwrap();
-        if recorded.is_empty() {
-            assert_eq!(
-                regs,
-                vec![0, 0],
-                "delay {delay_ms}: no image recorded but the region is not blank"
-            );
-        } else {
-            assert_eq!(recorded, sha);
-            assert_eq!(regs, vec![1, u64::from_le_bytes(hex_prefix(&sha))]);
-        }
+        // Start-up repair blanked the region: nothing recorded, the region empty, the
+        // in-flux mark gone, and the log says so.
+        let log = s.daemon.log_text()[log_before..].to_owned();
+        assert!(
+            log.contains("fpga0/region0: an image load was interrupted; blanking the slice"),
+            "{phase}: no repair logged:\n{log}"
+        );
+        assert_eq!(s.obs.image_sha256("fpga0", "region0"), "", "{phase}");
+        assert_eq!(
+            s.obs.read("fpga0", "region0", 0x8, 2, 8).unwrap(),
+            vec![0, 0],
+            "{phase}: the region is not blank"
+        );
+        let state: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&state_file).unwrap()).unwrap();
+        assert!(
+            state["slices"]["fpga0/region0"]["image_in_flux"].is_null(),
+            "{phase}: still in flux after start-up: {state}"
+        );
+        assert_eq!(loader_status(&loader), "idle", "{phase}");
         assert_eq!(
             s.obs.tenant("fpga0", "region0"),
             "user:ag-tenant1",
             "assignment survives"
         );
-        // Clean slate for the next round.
-        s.ctl("ag-operator", &["release", "fpga0/region0"]).ok();
-        s.ctl("ag-operator", &["assign", "fpga0/region0", "ag-tenant1"])
-            .ok();
+    }
+}
+
+#[test]
+fn sigkill_during_configure_leaves_no_personality_recorded() {
+    let mut s = Setup::new("kill-configure");
+    let bytes: Vec<u8> = (0..6_000_000u32).map(|i| (i % 239) as u8).collect();
+    let img = write_image(&s.dir, "personality.bin", &bytes);
+    let small = write_image(&s.dir, "small.bin", b"after the crash");
+    let small = small.to_str().unwrap().to_owned();
+    let loader = loader_dir(&s.daemon.sim_dir, "nic0-personality");
+    let state_file = s.daemon.state_dir.join("state.json");
+    for phase in ["receiving", "transferring"] {
+        let img_arg = img.to_str().unwrap().to_owned();
+        let start = |address: &str| {
+            let (address, img_arg) = (address.to_owned(), img_arg.clone());
+            std::thread::spawn(move || {
+                ctl(&address, "ag-operator", &["configure", "nic0", &img_arg])
+            })
+        };
+        assert!(
+            kill_during(&mut s, &loader, phase, start, |s: &mut Stack| {
+                // A missed kill loaded the image: load another, so the next try loads again.
+                s.ctl("ag-operator", &["configure", "nic0", &small]).ok();
+            }),
+            "no kill landed while the loader was {phase}"
+        );
+        let state: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&state_file).unwrap()).unwrap();
+        assert_eq!(
+            state["devices"]["nic0"]["personality_in_flux"], true,
+            "{phase}: {state}"
+        );
+        let log_before = s.daemon.log_text().len();
+        s.daemon.restart();
+        let log = s.daemon.log_text()[log_before..].to_owned();
+        assert!(
+            log.contains("nic0: a personality load was interrupted"),
+            "{phase}: no repair logged:\n{log}"
+        );
+        let personality: String = s
+            .obs
+            .rt
+            .block_on(
+                s.obs
+                    .device("nic0")
+                    .inner()
+                    .get_property("PersonalitySha256"),
+            )
+            .unwrap();
+        assert_eq!(
+            personality, "",
+            "{phase}: a half-loaded personality is recorded"
+        );
+        let state: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&state_file).unwrap()).unwrap();
+        assert!(
+            state["devices"]["nic0"]["personality_in_flux"].is_null()
+                && state["devices"]["nic0"]["personality_sha256"].is_null(),
+            "{phase}: {state}"
+        );
+        // The simulated kernel ended the interrupted upload with an error.
+        assert_eq!(loader_status(&loader), "idle");
+        // And the device takes a personality again.
+        s.ctl("ag-operator", &["configure", "nic0", &small]).ok();
     }
 }
 

@@ -102,6 +102,14 @@ impl Setup {
             .unwrap()
     }
 
+    fn device_prop_bool(&self, name: &str) -> bool {
+        let p = self.obs.device("fpga0");
+        self.obs
+            .rt
+            .block_on(async { p.inner().get_property::<bool>(name).await })
+            .unwrap()
+    }
+
     fn job_prop<T>(&self, job: &zbus::OwnedObjectPath, name: &str) -> T
     where
         T: serde::de::DeserializeOwned + zbus::Type,
@@ -305,10 +313,12 @@ fn tenant_denied_admin_flashes_with_progress_to_one() {
 #[test]
 fn bad_images_are_refused_before_a_byte_is_written() {
     let s = Setup::new("fw-refuse", |p| {
-        p.replace(
+        let edited = p.replace(
             "kind = \"fpga\"\n",
             "kind = \"fpga\"\nmax_image_size = 2097152\n",
-        )
+        );
+        assert_ne!(edited, p, "the max_image_size edit found nothing to change");
+        edited
     });
     let before = s.hw();
     let image = fw_image("2.0.0", 1 << 20);
@@ -328,8 +338,16 @@ fn bad_images_are_refused_before_a_byte_is_written() {
         .fails_with("VerificationFailed");
     // Over the device's limit, even though properly signed.
     let (big, big_sig) = s.signed("big.bin", &fw_image("9.9.9", 3 << 20), &s.key);
-    s.flash("root", &big, Some(&big_sig))
+    // The refusal names the limit the edit set, so the edit took effect.
+    let over = s
+        .flash("root", &big, Some(&big_sig))
         .fails_with("InvalidArgument");
+    assert!(
+        over.stderr
+            .contains("image is larger than the limit of 2097152 bytes"),
+        "{}",
+        over.stderr
+    );
     // Unsigned where signatures are required.
     s.flash("root", &good, None)
         .fails_with("VerificationFailed");
@@ -346,19 +364,19 @@ fn bad_images_are_refused_before_a_byte_is_written() {
 
     // Locked by policy: refused for root, with a valid image, until the policy changes.
     let text = fs::read_to_string(&s.policy).unwrap();
-    fs::write(
-        &s.policy,
-        text.replace(
-            "name = \"fpga0-flash\", locked = false",
-            "name = \"fpga0-flash\", locked = true",
-        ),
-    )
-    .unwrap();
+    let locked = text.replace(
+        "name = \"fpga0-flash\", locked = false",
+        "name = \"fpga0-flash\", locked = true",
+    );
+    assert_ne!(locked, text, "the lock edit found nothing to change");
+    fs::write(&s.policy, locked).unwrap();
     s.ctl("root", &["policy", "reload"]).ok();
+    assert!(s.device_prop_bool("FirmwareLocked"));
     s.flash("root", &good, Some(&good_sig)).fails_with("Locked");
     assert_eq!(s.hw(), before, "a locked device changed");
     fs::write(&s.policy, text).unwrap();
     s.ctl("root", &["policy", "reload"]).ok();
+    assert!(!s.device_prop_bool("FirmwareLocked"));
     s.flash("root", &good, Some(&good_sig)).ok();
     assert_eq!(s.hw().slot_b_sha, sha256_hex(&image));
 }

@@ -44,8 +44,6 @@ pub use zbus::OwnedObjectPath;
 mod error;
 mod image;
 mod job;
-#[cfg(test)]
-mod mock_tests;
 pub mod proxy;
 mod types;
 

@@ -163,7 +163,105 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A private system-type dbus-daemon with the project's bus policy included.
+/// The distribution's system bus configuration: its default policy is what a real system bus
+/// enforces (no name may be owned and no method called unless a service's policy file allows
+/// it).
+pub const SYSTEM_BUS_CONF: &str = "/usr/share/dbus-1/system.conf";
+
+/// The distribution's bus policy for polkitd (only its user may own polkit's name).
+pub const POLKIT_BUS_POLICY: &str = "/usr/share/dbus-1/system.d/org.freedesktop.PolicyKit1.conf";
+
+/// A private bus configuration that enforces the distribution's system bus policy, as a real
+/// system bus loads it, plus only the given service policy files. From `system.conf` it takes
+/// the bus type, the authentication mechanisms, the limits and every `<policy>` element
+/// verbatim; what would make it the host's bus (listen address, user, pid file, service
+/// activation helper and directories, the host's `system.d` includes) is left out and a
+/// private socket is listened on instead. Panics if `system.conf` is not deny-by-default for
+/// method calls, so a test never runs on a bus that lets everything through.
+pub fn system_bus_config(socket: &Path, service_policies: &[&Path]) -> String {
+    let system = fs::read_to_string(SYSTEM_BUS_CONF).unwrap_or_else(|e| {
+        panic!("{SYSTEM_BUS_CONF} is required (Debian package dbus-daemon or dbus): {e}")
+    });
+    let text = strip_xml_comments(&system);
+    let mut kept = Vec::new();
+    for element in ["type", "auth", "limit"] {
+        kept.extend(elements(&text, element));
+    }
+    let policies = elements(&text, "policy");
+    assert!(
+        policies
+            .iter()
+            .any(|p| p.starts_with(r#"<policy context="default">"#)
+                && p.contains(r#"<deny send_type="method_call"/>"#)
+                && p.contains(r#"<deny own="*"/>"#)),
+        "{SYSTEM_BUS_CONF} has no deny-by-default policy for method calls and names; \
+         the tests need the real system bus policy"
+    );
+    kept.extend(policies);
+    let mut out = String::from(
+        "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN\"\n \
+         \"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">\n<busconfig>\n",
+    );
+    out.push_str(&format!(
+        "  <listen>unix:path={}</listen>\n",
+        socket.display()
+    ));
+    for element in kept {
+        out.push_str("  ");
+        out.push_str(element);
+        out.push('\n');
+    }
+    for policy in service_policies {
+        assert!(policy.is_file(), "{} is missing", policy.display());
+        out.push_str(&format!("  <include>{}</include>\n", policy.display()));
+    }
+    out.push_str("</busconfig>\n");
+    out
+}
+
+fn strip_xml_comments(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("<!--") {
+        out.push_str(&rest[..start]);
+        match rest[start..].find("-->") {
+            Some(end) => rest = &rest[start + end + 3..],
+            None => panic!("unterminated comment in {SYSTEM_BUS_CONF}"),
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Every top-level `<name ...>...</name>` or `<name .../>` in `text`, verbatim (bus
+/// configuration elements of one name do not nest).
+fn elements<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+    let open = format!("<{name}");
+    let close = format!("</{name}>");
+    let mut found = Vec::new();
+    let mut at = 0;
+    while let Some(i) = text[at..].find(&open) {
+        let start = at + i;
+        let after = text[start + open.len()..].chars().next();
+        if !matches!(after, Some('>' | ' ' | '/' | '\n' | '\t')) {
+            // e.g. <policyfoo>: another element.
+            at = start + open.len();
+            continue;
+        }
+        let tag_end = start + text[start..].find('>').expect("unterminated tag") + 1;
+        let end = if text[..tag_end].ends_with("/>") {
+            tag_end
+        } else {
+            tag_end + text[tag_end..].find(&close).expect("unclosed element") + close.len()
+        };
+        found.push(&text[start..end]);
+        at = end;
+    }
+    found
+}
+
+/// A private dbus-daemon enforcing the system bus policy (see [`system_bus_config`]) with the
+/// project's bus policy file, at its own address, clients reaching it as other users.
 pub struct TestBus {
     child: Child,
     pub address: String,
@@ -171,16 +269,25 @@ pub struct TestBus {
 }
 
 impl TestBus {
+    /// The system bus policy plus `dbus/org.accelgate.Accel1.conf`, and nothing else.
     pub fn start(dir: &Path) -> TestBus {
+        TestBus::start_with_policies(dir, &[])
+    }
+
+    /// Like `start`, with further service policy files (e.g. the distribution's polkit one).
+    pub fn start_with_policies(dir: &Path, extra: &[&Path]) -> TestBus {
+        let project_policy = repo_path("dbus/org.accelgate.Accel1.conf");
+        let mut policies = vec![project_policy.as_path()];
+        policies.extend_from_slice(extra);
+        TestBus::start_with_config(dir, |socket| system_bus_config(socket, &policies))
+    }
+
+    /// A bus with the configuration `config` returns for its socket path.
+    pub fn start_with_config(dir: &Path, config: impl FnOnce(&Path) -> String) -> TestBus {
         let dbus_daemon = require_binary("dbus-daemon", "dbus-daemon");
         let socket = dir.join("bus");
         let conf = dir.join("bus.conf");
-        let project_policy = repo_path("dbus/org.accelgate.Accel1.conf");
-        let template = fs::read_to_string(repo_path("scripts/private-bus.conf.in")).unwrap();
-        let text = template
-            .replace("@SOCKET@", &socket.display().to_string())
-            .replace("@PROJECT_POLICY@", &project_policy.display().to_string());
-        fs::write(&conf, text).unwrap();
+        fs::write(&conf, config(&socket)).unwrap();
         let mut child = Command::new(dbus_daemon)
             .arg(format!("--config-file={}", conf.display()))
             .args(["--nofork", "--print-address=1"])
@@ -193,7 +300,11 @@ impl TestBus {
             .read_line(&mut line)
             .unwrap();
         let address = line.trim().to_owned();
-        assert!(!address.is_empty(), "dbus-daemon printed no address");
+        assert!(
+            !address.is_empty(),
+            "dbus-daemon printed no address: {}",
+            fs::read_to_string(dir.join("bus.log")).unwrap_or_default()
+        );
         fs::set_permissions(&socket, fs::Permissions::from_mode(0o777)).unwrap();
         TestBus {
             child,
@@ -393,16 +504,29 @@ impl Ctl {
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
     }
 
-    /// Asserts the run failed with this D-Bus error kind (e.g. "NotAuthorized").
+    /// Asserts the run failed with this daemon error kind (e.g. "NotAuthorized"): the exit code
+    /// accelctl documents for it (3 not authorized, 4 not found, 1 any other error) and an
+    /// error line `accelctl: <what>: <Kind>: <message>`. A bus error (e.g. the bus policy's
+    /// AccessDenied) or a failure on the client's side does not pass for a daemon's answer.
     pub fn fails_with(self, kind: &str) -> Ctl {
-        assert_ne!(
-            self.code, 0,
-            "expected {kind}, but accelctl succeeded: {}",
-            self.stdout
+        let code = match kind {
+            "NotAuthorized" => 3,
+            "NotFound" => 4,
+            _ => 1,
+        };
+        assert_eq!(
+            self.code, code,
+            "expected {kind} (exit {code}), got exit {}: {}{}",
+            self.code, self.stdout, self.stderr
         );
+        let line = self.stderr.lines().next().unwrap_or_default();
+        let said = line
+            .strip_prefix("accelctl: ")
+            .and_then(|rest| rest.split_once(": "))
+            .map(|(_, error)| error);
         assert!(
-            self.stderr.contains(kind),
-            "expected {kind}, got: {}",
+            said.is_some_and(|error| error.starts_with(&format!("{kind}: "))),
+            "expected the daemon's {kind}, got: {}",
             self.stderr
         );
         self

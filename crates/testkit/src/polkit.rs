@@ -19,12 +19,17 @@ use super::{repo_path, require_binary, TestBus};
 
 pub const POLKIT_NAME: &str = "org.freedesktop.PolicyKit1";
 
-/// A private bus like `TestBus::start`'s, where the user polkitd (which polkitd switches to
-/// after start) may own polkit's name, as the distribution's bus policy allows on a real host.
+/// A private bus like `TestBus::start`'s, plus the distribution's own bus policy for polkit:
+/// only the user polkitd (which polkitd switches to before it takes its name) may own
+/// polkit's name, and anyone may call it, as on a real host.
 pub fn polkit_bus(dir: &Path) -> TestBus {
-    // The shared template already lets polkitd (which drops to its own user before it takes
-    // its name) own org.freedesktop.PolicyKit1.
-    TestBus::start(dir)
+    let polkit_policy = Path::new(super::POLKIT_BUS_POLICY);
+    assert!(
+        polkit_policy.is_file(),
+        "{} is missing (Debian package polkitd)",
+        polkit_policy.display()
+    );
+    TestBus::start_with_policies(dir, &[polkit_policy])
 }
 
 /// polkitd with the project's actions and the test's rules.

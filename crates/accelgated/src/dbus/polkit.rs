@@ -82,8 +82,14 @@ impl Default for PolkitOptions {
 impl PolkitOptions {
     /// The defaults, with the cache off when `ACCELGATE_POLKIT_CACHE=0`.
     pub fn from_env() -> PolkitOptions {
+        PolkitOptions::with_cache_setting(std::env::var_os(CACHE_ENV).as_deref())
+    }
+
+    /// The defaults, with the cache off when `setting` (the value of `ACCELGATE_POLKIT_CACHE`)
+    /// is `0`.
+    fn with_cache_setting(setting: Option<&std::ffi::OsStr>) -> PolkitOptions {
         PolkitOptions {
-            cache: std::env::var_os(CACHE_ENV).is_none_or(|v| v != "0"),
+            cache: setting.is_none_or(|v| v != "0"),
             ..PolkitOptions::default()
         }
     }
@@ -408,9 +414,10 @@ mod tests {
 
     #[test]
     fn cache_is_on_unless_the_environment_turns_it_off() {
-        // Only reads the variable; the test environment is not expected to set it.
-        if std::env::var_os(CACHE_ENV).is_none() {
-            assert!(PolkitOptions::from_env().cache);
-        }
+        use std::ffi::OsStr;
+        assert!(PolkitOptions::with_cache_setting(None).cache);
+        assert!(PolkitOptions::with_cache_setting(Some(OsStr::new("1"))).cache);
+        assert!(PolkitOptions::with_cache_setting(Some(OsStr::new(""))).cache);
+        assert!(!PolkitOptions::with_cache_setting(Some(OsStr::new("0"))).cache);
     }
 }
