@@ -51,7 +51,7 @@ const FILES: &[(&str, u32)] = &[
     ("/usr/share/zsh/vendor-completions/_accelctl", 0o644),
     ("/usr/share/fish/vendor_completions.d/accelctl.fish", 0o644),
     ("/usr/share/doc/accelgate/copyright", 0o644),
-    ("/usr/share/doc/accelgate/changelog.Debian.gz", 0o644),
+    ("/usr/share/doc/accelgate/changelog.gz", 0o644),
     ("/usr/share/doc/accelgate/install.md", 0o644),
     ("/usr/share/doc/accelgate/policy.md", 0o644),
     ("/usr/share/doc/accelgate/firmware.md", 0o644),
