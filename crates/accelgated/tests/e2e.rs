@@ -104,6 +104,16 @@ fn role_operation_matrix_with_denials_leaving_hardware_unchanged() {
         s.region0_bytes(0x100, 8),
         0x1122334455667788u64.to_le_bytes()
     );
+    // A hard limit refuses with its kind, and names its gate like every refusal.
+    let r = s
+        .ctl("ag-tenant1", &["write", "fpga0/region0", "0x0", "1"])
+        .fails_with("InvalidArgument");
+    assert!(
+        r.stderr
+            .contains("refused by the device-limits gate: bytes 0x0..0x4"),
+        "{}",
+        r.stderr
+    );
 
     // Scope assigned: the same tenant has nothing on a slice that is not assigned to it, and
     // is told so (not to ask for a role), with the gate that decided.

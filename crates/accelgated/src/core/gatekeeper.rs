@@ -189,8 +189,16 @@ impl Engine {
 
     /// A hard device limit refused the request (after or between the gates).
     pub fn deny_by_limit(&self, d: &Decision, err: CoreError) -> CoreError {
-        self.record(d, Decided::Deny, GateName::DeviceLimits, &err.message());
-        err
+        let message = err.message();
+        self.record(d, Decided::Deny, GateName::DeviceLimits, &message);
+        // Keeps its kind (InvalidArgument, Locked, ...), and names the gate like every refusal.
+        CoreError::of_kind(
+            err.kind(),
+            format!(
+                "refused by the {} gate: {message}",
+                GateName::DeviceLimits.as_str()
+            ),
+        )
     }
 
     /// A request whose caller the transport could not identify: audited, and denied.
