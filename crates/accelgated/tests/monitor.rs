@@ -151,6 +151,10 @@ fn monitor_follows_assignments_jobs_vfs_and_the_daemon_leaving() {
     text.expect(|l| l.starts_with(&format!("completed job {job}: succeeded")));
     let hash = sha256_hex(&image);
     text.expect(|l| l == format!("changed slice fpga0/region0: ImageSha256={hash}"));
+    // The daemon re-announces the slice's whole state as the job runs; the monitor reports
+    // only what changed.
+    let tenant_lines = text.seen.iter().filter(|l| l.contains("Tenant=")).count();
+    assert_eq!(tenant_lines, 1, "saw:\n{}", text.seen.join("\n"));
     let done = json.expect(|l| l.contains("\"job-completed\""));
     let v: serde_json::Value = serde_json::from_str(&done).unwrap();
     assert_eq!(v["object"]["name"], job.as_str(), "{v}");

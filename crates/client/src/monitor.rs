@@ -133,7 +133,16 @@ impl fmt::Display for PropertyValue {
             PropertyValue::Bool(b) => write!(f, "{b}"),
             PropertyValue::Unsigned(n) => write!(f, "{n}"),
             PropertyValue::Signed(n) => write!(f, "{n}"),
-            PropertyValue::Float(x) => write!(f, "{x}"),
+            // Progress and the like: four decimals say enough.
+            PropertyValue::Float(x) => {
+                let text = format!("{x:.4}");
+                let text = text.trim_end_matches('0').trim_end_matches('.');
+                f.write_str(if text.is_empty() || text == "-" {
+                    "0"
+                } else {
+                    text
+                })
+            }
             PropertyValue::Text(s) if s.is_empty() || s.contains(' ') => write!(f, "{s:?}"),
             PropertyValue::Text(s) => f.write_str(s),
             PropertyValue::List(items) => {
@@ -182,9 +191,14 @@ pub enum MonitorEvent {
 }
 
 /// A subscription to the daemon's signals. Events arrive in the order the daemon sent them.
+///
+/// The monitor keeps the last value it knows of every property (from `GetManagedObjects` at
+/// subscription, then from the signals), so a `Changed` event holds only properties whose
+/// value did change: the daemon re-announces an object's whole state after some operations.
 pub struct Monitor {
     signals: MessageStream,
     owner: MessageStream,
+    known: HashMap<String, Properties>,
 }
 
 impl fmt::Debug for Monitor {
@@ -208,9 +222,15 @@ impl Monitor {
             .member("NameOwnerChanged")
             .add_arg(names::BUS_NAME)
             .build()?;
+        let signals = MessageStream::for_match_rule(signals, conn, None).await?;
+        let owner = MessageStream::for_match_rule(owner, conn, None).await?;
+        // After subscribing, so that no change falls between the snapshot and the signals.
+        // A daemon that is not running has nothing to know yet.
+        let known = managed_objects(conn).await.unwrap_or_default();
         Ok(Monitor {
-            signals: MessageStream::for_match_rule(signals, conn, None).await?,
-            owner: MessageStream::for_match_rule(owner, conn, None).await?,
+            signals,
+            owner,
+            known,
         })
     }
 
@@ -228,13 +248,74 @@ impl Monitor {
                 },
             };
             if let Some(event) = decode(&message)? {
-                return Ok(Some(event));
+                if let Some(event) = self.track(event) {
+                    return Ok(Some(event));
+                }
             }
         }
     }
 }
 
+impl Monitor {
+    /// Updates what is known from `event`; drops a change that changes nothing.
+    fn track(&mut self, event: MonitorEvent) -> Option<MonitorEvent> {
+        match event {
+            MonitorEvent::Added { object, properties } => {
+                self.known.insert(object.path.clone(), properties.clone());
+                Some(MonitorEvent::Added { object, properties })
+            }
+            MonitorEvent::Removed { object } => {
+                self.known.remove(&object.path);
+                Some(MonitorEvent::Removed { object })
+            }
+            MonitorEvent::Changed { object, properties } => {
+                let known = self.known.entry(object.path.clone()).or_default();
+                let changed: Properties = properties
+                    .into_iter()
+                    .filter(|(name, value)| known.get(name) != Some(value))
+                    .collect();
+                known.extend(changed.clone());
+                (!changed.is_empty()).then_some(MonitorEvent::Changed {
+                    object,
+                    properties: changed,
+                })
+            }
+            MonitorEvent::DaemonGone => {
+                self.known.clear();
+                Some(MonitorEvent::DaemonGone)
+            }
+            other => Some(other),
+        }
+    }
+}
+
 type InterfacesAndProperties = HashMap<String, HashMap<String, OwnedVariant>>;
+
+/// Every object's accelgate properties, by path.
+async fn managed_objects(conn: &Connection) -> Result<HashMap<String, Properties>, ClientError> {
+    let reply = conn
+        .call_method(
+            Some(names::BUS_NAME),
+            names::ROOT_PATH,
+            Some("org.freedesktop.DBus.ObjectManager"),
+            "GetManagedObjects",
+            &(),
+        )
+        .await?;
+    let objects: HashMap<OwnedObjectPath, InterfacesAndProperties> = reply.body().deserialize()?;
+    Ok(objects
+        .into_iter()
+        .map(|(path, interfaces)| {
+            let mut properties = Properties::new();
+            for (name, props) in &interfaces {
+                if is_ours(name) {
+                    properties.extend(properties_of(props));
+                }
+            }
+            (path.as_str().to_owned(), properties)
+        })
+        .collect())
+}
 
 fn is_ours(interface: &str) -> bool {
     interface.starts_with("org.accelgate.Accel1.")
@@ -399,5 +480,8 @@ mod tests {
             e.to_string(),
             "changed slice fpga0/region0: ImageSha256=\"\" Tenant=ag-tenant1"
         );
+        assert_eq!(PropertyValue::Float(0.33333999999).to_string(), "0.3333");
+        assert_eq!(PropertyValue::Float(1.0).to_string(), "1");
+        assert_eq!(PropertyValue::Float(0.0).to_string(), "0");
     }
 }
