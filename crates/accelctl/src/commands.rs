@@ -49,6 +49,10 @@ pub fn describe(command: &Command) -> (String, Option<Operation>) {
         }
         Command::Policy(PolicyCommand::Reload) => ("policy reload".into(), Some(PolicyReload)),
         Command::Audit { .. } => ("audit".into(), Some(PolicyReload)),
+        Command::Monitor => ("monitor".into(), None),
+        Command::Man { dir } => (format!("__man {}", dir.display()), None),
+        Command::Completions { shell } => (format!("__completions {shell}"), None),
+        Command::CompleteTargets { .. } => ("__complete-targets".into(), None),
     }
 }
 
@@ -71,8 +75,11 @@ pub async fn run(cli: &Cli) -> Result<(), Failure> {
 async fn dispatch(cli: &Cli) -> Result<(), CliError> {
     let json = cli.json;
     // The one command that needs no daemon.
-    if let Command::Policy(PolicyCommand::Check { file }) = &cli.command {
-        return policy_check(file, json);
+    match &cli.command {
+        Command::Policy(PolicyCommand::Check { file }) => return policy_check(file, json),
+        Command::Man { dir } => return crate::docs::write_man_pages(dir),
+        Command::Completions { shell } => return crate::docs::print_completions(*shell),
+        _ => {}
     }
     let mut client = Client::connect(cli.bus.as_deref()).await?;
     // With a terminal, the user's polkit agent can ask for a password.
@@ -180,6 +187,10 @@ async fn dispatch(cli: &Cli) -> Result<(), CliError> {
         }
         Command::Policy(PolicyCommand::Check { file }) => policy_check(file, json),
         Command::Audit { max } => audit(client, *max, json).await,
+        Command::Monitor => crate::monitor::run(client, json).await,
+        Command::CompleteTargets { what } => crate::docs::complete_targets(client, *what).await,
+        Command::Man { dir } => crate::docs::write_man_pages(dir),
+        Command::Completions { shell } => crate::docs::print_completions(*shell),
     }
 }
 

@@ -3,6 +3,8 @@
 #![forbid(unsafe_code)]
 
 mod commands;
+mod docs;
+mod monitor;
 mod output;
 mod parse;
 mod report;
@@ -20,7 +22,7 @@ use parse::{SliceArg, TargetArg};
     version,
     about = "Use and manage shared PCI accelerators through accelgated",
     after_help = "Numbers are decimal or 0x-prefixed hex. Exit codes: 0 ok, 1 error, 2 usage, \
-                  3 not authorized, 4 not found."
+                  3 not authorized, 4 not found, 5 the daemon left the bus (monitor)."
 )]
 pub struct Cli {
     /// Bus to use: "system", "session" or a D-Bus address
@@ -126,6 +128,22 @@ pub enum Command {
         /// Number of records
         #[arg(long, default_value = "50", value_parser = parse::number_u32)]
         max: u32,
+    },
+    /// Follow the daemon live: devices and slices appearing and disappearing, assignments,
+    /// images, VF counts, firmware state, jobs and their progress. One line per event (JSON
+    /// lines with --json) until Ctrl-C, or until the daemon leaves the bus (exit code 5)
+    Monitor,
+    /// Write the man pages accelctl.1 and accelgate-policy.5 into DIR (packaging)
+    #[command(name = "__man", hide = true)]
+    Man { dir: PathBuf },
+    /// Print the completion script for SHELL (packaging)
+    #[command(name = "__completions", hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Print device or slice names from the running daemon, one a line (for completions)
+    #[command(name = "__complete-targets", hide = true)]
+    CompleteTargets {
+        #[arg(value_enum)]
+        what: docs::TargetKind,
     },
 }
 

@@ -1,6 +1,7 @@
 //! How a failed command is told: one line saying what failed and why, a hint of what to do,
 //! and an exit code a script can act on.
 
+use accelgate_client::proto::refusal::{self, parse_refusal};
 use accelgate_client::ClientError;
 use accelgate_client::{AccelError, Operation};
 use accelgate_policy::PolicyError;
@@ -10,6 +11,8 @@ pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_NOT_AUTHORIZED: u8 = 3;
 pub const EXIT_NOT_FOUND: u8 = 4;
+/// `monitor`: the daemon left the bus (or was not on it).
+pub const EXIT_DAEMON_GONE: u8 = 5;
 
 /// The errors of accelctl's own work around the client calls.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +32,15 @@ pub enum CliError {
     MapTooSmall(u64),
     #[error("cannot write the output")]
     Output(#[source] std::io::Error),
+    /// `monitor`: the daemon is not (or no longer) on the bus.
+    #[error("{0}")]
+    DaemonGone(&'static str),
+    #[error("cannot write {path}")]
+    WriteFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A command that failed: what it was doing, and why.
@@ -62,7 +74,8 @@ impl Failure {
             CliError::Map(_) | CliError::Window(_) | CliError::MapTooSmall(_) => {
                 return Some("map-test needs a mappable slice (a VF): see accelctl show".into())
             }
-            CliError::Output(_) => return None,
+            CliError::Output(_) | CliError::WriteFile { .. } => return None,
+            CliError::DaemonGone(_) => return Some(BUS_HINT.into()),
         };
         match client {
             ClientError::Accel(accel) => self.accel_hint(client, accel),
@@ -78,10 +91,7 @@ impl Failure {
 
     fn accel_hint(&self, client: &ClientError, accel: &AccelError) -> Option<String> {
         Some(match accel {
-            AccelError::NotAuthorized(_) => match self.operation {
-                Some(op) => format!("ask an admin for a role that grants {op}"),
-                None => "ask an admin for a role that grants this".into(),
-            },
+            AccelError::NotAuthorized(message) => self.refusal_hint(message),
             AccelError::NotFound(_) => {
                 "list what you may see with `accelctl devices` and `accelctl slices`".into()
             }
@@ -114,6 +124,37 @@ impl Failure {
         })
     }
 
+    /// What to do about a refusal depends on the gate that decided it.
+    fn refusal_hint(&self, message: &str) -> String {
+        let role_hint = || match self.operation {
+            Some(op) => format!("ask an admin for a role that grants {op}"),
+            None => "ask an admin for a role that grants this".into(),
+        };
+        let Some(refusal) = parse_refusal(message) else {
+            return role_hint();
+        };
+        if refusal.not_assigned() {
+            return "ask an operator to assign the slice to you (accelctl assign)".into();
+        }
+        match refusal.gate {
+            refusal::GATE_ROLE => role_hint(),
+            refusal::GATE_CALLER_CAPS => {
+                "run it from a process holding the capabilities your role requires (an admin \
+                 can tell which)"
+                    .into()
+            }
+            refusal::GATE_POLKIT => {
+                let action = match self.operation {
+                    Some(op) => format!("org.accelgate.{op}"),
+                    None => "this action".into(),
+                };
+                format!("polkit decides {action}: authenticate, or ask an admin for a polkit rule")
+            }
+            refusal::GATE_IDENTITY => "the daemon could not identify your process; retry".into(),
+            other => format!("the {other} gate refused; see accelctl whoami"),
+        }
+    }
+
     /// The subcommand, first word of `what`.
     fn command(&self) -> &str {
         self.what.split(' ').next().unwrap_or("")
@@ -123,6 +164,7 @@ impl Failure {
         let CliError::Client(client) = &self.error else {
             return match self.error {
                 CliError::Usage(_) => EXIT_USAGE,
+                CliError::DaemonGone(_) => EXIT_DAEMON_GONE,
                 _ => EXIT_ERROR,
             };
         };
@@ -195,6 +237,38 @@ mod tests {
             "ask an admin for a role that grants slice.program"
         );
         assert_eq!(f.exit_code(), EXIT_NOT_AUTHORIZED);
+    }
+
+    #[test]
+    fn the_hint_follows_the_gate_that_refused() {
+        let refused = |gate: &str, reason: &str| {
+            failure(
+                "read fpga0/region1",
+                Some(Operation::SliceRead),
+                AccelError::NotAuthorized(refusal::refusal_message(
+                    "slice.read",
+                    "fpga0/region1",
+                    gate,
+                    reason,
+                )),
+            )
+            .hint()
+            .unwrap()
+        };
+        let hint = refused(refusal::GATE_ROLE, refusal::NOT_ASSIGNED);
+        assert!(hint.contains("assign the slice to you"), "{hint}");
+        assert!(!hint.contains("role"), "{hint}");
+        assert_eq!(
+            refused(
+                refusal::GATE_ROLE,
+                "slice.read is not granted to the caller"
+            ),
+            "ask an admin for a role that grants slice.read"
+        );
+        let hint = refused(refusal::GATE_POLKIT, "not authorized by polkit");
+        assert!(hint.contains("org.accelgate.slice.read"), "{hint}");
+        let hint = refused(refusal::GATE_CALLER_CAPS, "lacks");
+        assert!(hint.contains("capabilities"), "{hint}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use clap::Parser;
 
 /// Share PCI accelerators between tenants: serves org.accelgate.Accel1 on D-Bus.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, long_about = LONG_ABOUT)]
 struct Args {
     /// Hardware root: where sys/bus/pci lives.
     #[arg(long, default_value = "/")]
@@ -47,9 +47,69 @@ struct Args {
     no_sandbox: bool,
     /// What a system call outside the seccomp allow-list gets: `kill` the daemon, or `errno`
     /// (fails with EPERM).
-    #[arg(long, value_enum, default_value = "kill")]
+    #[arg(long, value_enum, default_value = "kill", hide_possible_values = true)]
     seccomp_violation: ViolationArg,
+    /// Print the man page accelgated(8), generated from these options, and exit (packaging).
+    #[arg(long, hide = true)]
+    man_page: bool,
 }
+
+/// The date on the man pages: the release's.
+const MAN_DATE: &str = "2026-11-30";
+
+/// accelgated(8): the options as `--help` shows them, and what an operator needs around them.
+fn print_man_page() -> ExitCode {
+    use clap::CommandFactory;
+    use std::io::Write;
+    let man = clap_mangen::Man::new(Args::command().name("accelgated"))
+        .section("8")
+        .date(MAN_DATE)
+        .manual("accelgate");
+    let mut out = Vec::new();
+    let rendered = man
+        .render(&mut out)
+        .map(|()| out.extend_from_slice(MAN_TAIL.as_bytes()))
+        .and_then(|()| std::io::stdout().write_all(&out));
+    match rendered {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("accelgated: cannot write the man page: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--help` and the man page's DESCRIPTION.
+const LONG_ABOUT: &str = "Share PCI accelerators between tenants: serves org.accelgate.Accel1 on \
+D-Bus.
+
+accelgated owns raw access to the host's PCI accelerators (register windows, SR-IOV virtual \
+functions, application images, firmware). Every request passes, in order, the caller's \
+identity (from the bus), the role policy (accelgate-policy(5)), the caller's capabilities, \
+polkit (actions org.accelgate.OPERATION) and the device's hard limits; the first that refuses \
+ends it, and every decision is audited.
+
+It is started by systemd (accelgated.service) or by D-Bus activation, runs as root with its \
+capabilities dropped and a seccomp filter, reloads its policy on SIGHUP, and stops on SIGTERM.";
+
+const MAN_TAIL: &str = r#".SH FILES
+.TP
+.I /etc/accelgate/policy.toml
+.TQ
+.I /etc/accelgate/policy.d/*.toml
+The role policy.
+.TP
+.I /var/lib/accelgate/
+State (assignments, image hashes, VF counts) and the audit log \fIaudit.jsonl\fR.
+.TP
+.I /usr/share/polkit\-1/actions/org.accelgate.policy
+The polkit actions, one per operation.
+.SH SEE ALSO
+.BR accelctl (1),
+.BR accelgate\-policy (5),
+.BR polkit (8),
+.BR journalctl (1)
+"#;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 enum ViolationArg {
@@ -120,6 +180,9 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    if args.man_page {
+        return print_man_page();
+    }
     if args.no_polkit {
         tracing::warn!(
             "--no-polkit: polkit is NOT consulted; only role policy gates requests. \

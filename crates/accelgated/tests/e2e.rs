@@ -104,16 +104,49 @@ fn role_operation_matrix_with_denials_leaving_hardware_unchanged() {
         s.region0_bytes(0x100, 8),
         0x1122334455667788u64.to_le_bytes()
     );
+    // A hard limit refuses with its kind, and names its gate like every refusal.
+    let r = s
+        .ctl("ag-tenant1", &["write", "fpga0/region0", "0x0", "1"])
+        .fails_with("InvalidArgument");
+    assert!(
+        r.stderr
+            .contains("refused by the device-limits gate: bytes 0x0..0x4"),
+        "{}",
+        r.stderr
+    );
 
-    // Scope assigned: the same tenant has nothing on a slice that is not assigned to it.
-    s.ctl("ag-tenant1", &["read", "fpga0/region1", "0x0"])
+    // Scope assigned: the same tenant has nothing on a slice that is not assigned to it, and
+    // is told so (not to ask for a role), with the gate that decided.
+    let r = s
+        .ctl("ag-tenant1", &["read", "fpga0/region1", "0x0"])
         .fails_with("NotAuthorized");
+    assert!(
+        r.stderr.contains(
+            "slice.read on fpga0/region1: refused by the role gate: the slice is not assigned to you"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("ask an operator to assign"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("grants slice.read"), "{}", r.stderr);
     s.ctl("ag-tenant1", &["write", "fpga0/region1", "0x100", "1"])
         .fails_with("NotAuthorized");
 
-    // slice.assign: operators and admins.
-    s.ctl("ag-tenant1", &["assign", "fpga0/region1", "ag-tenant1"])
+    // slice.assign: operators and admins. A missing role is named as such.
+    let r = s
+        .ctl("ag-tenant1", &["assign", "fpga0/region1", "ag-tenant1"])
         .fails_with("NotAuthorized");
+    assert!(
+        r.stderr.contains("refused by the role gate")
+            && r.stderr
+                .contains("ask an admin for a role that grants slice.assign"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(s.obs.tenant("fpga0", "region1"), "");
     s.ctl(
         "ag-operator",

@@ -400,7 +400,13 @@ fn expect(s: &DaemonSetup, user: &str, args: &[&str], operation: &str, want: Res
             assert_eq!(rec["decision"], "allow", "{user} {args:?}: {rec}");
         }
         Err(gate) => {
-            r.fails_with("NotAuthorized");
+            let r = r.fails_with("NotAuthorized");
+            // The caller is told which gate refused, as the audit records it.
+            assert!(
+                r.stderr.contains(&format!("refused by the {gate} gate")),
+                "{user} {args:?}: {}",
+                r.stderr
+            );
             assert_eq!(rec["decision"], "deny", "{user} {args:?}: {rec}");
             assert_eq!(rec["gate"], gate, "{user} {args:?}: {rec}");
         }

@@ -30,7 +30,7 @@ fn outcome(state: &str, message: String) -> Option<Result<String, AccelError>> {
 }
 
 /// The next item of a stream (no `StreamExt` in our dependencies).
-async fn next<S: Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
+pub(crate) async fn next<S: Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
     poll_fn(|cx| Pin::new(&mut *stream).poll_next(cx)).await
 }
 

@@ -44,11 +44,13 @@ pub use zbus::OwnedObjectPath;
 mod error;
 mod image;
 mod job;
+pub mod monitor;
 pub mod proxy;
 mod types;
 
 pub use error::{job_failure, ClientError};
 pub use image::{required_seals, SealedImage, MAX_IMAGE_LEN};
+pub use monitor::{Monitor, MonitorEvent};
 pub use types::{DeviceInfo, Identity, JobOutcome, SliceInfo};
 
 use std::collections::HashMap;
@@ -112,6 +114,19 @@ impl Client {
 
     pub fn connection(&self) -> &Connection {
         &self.conn
+    }
+
+    /// Whether the daemon owns its bus name now.
+    pub async fn daemon_running(&self) -> Result<bool, ClientError> {
+        let bus = zbus::fdo::DBusProxy::new(&self.conn).await?;
+        let name = zbus::names::BusName::try_from(names::BUS_NAME)?;
+        Ok(bus.name_has_owner(name).await?)
+    }
+
+    /// Follows the daemon live: every change it announces from now on, and its leaving or
+    /// returning to the bus ([`Monitor::next`]).
+    pub async fn monitor(&self) -> Result<Monitor, ClientError> {
+        Monitor::subscribe(&self.conn).await
     }
 
     // ---- Manager ----

@@ -12,8 +12,10 @@ pub enum RoleDecision {
     Allow {
         grants: Vec<(String, Vec<caps::Capability>)>,
     },
-    /// No role grants it.
-    Deny { reason: String },
+    /// No role grants it. `reason` speaks only of the caller's own standing;
+    /// `not_assigned` says a role would grant it were the target slice assigned to the caller
+    /// (so the caller needs an assignment, not another role).
+    Deny { reason: String, not_assigned: bool },
 }
 
 impl Role {
@@ -78,6 +80,7 @@ impl RolePolicy {
         }
         // The reason speaks only of the caller's own standing and the target it named: it
         // never names roles, their members, or who a slice is assigned to.
+        let not_assigned = !covering.is_empty();
         let reason = if listing.is_empty() {
             format!("{op} is not granted to the caller")
         } else if covering.is_empty() {
@@ -88,7 +91,10 @@ impl RolePolicy {
         } else {
             format!("{op} is granted to the caller only on slices assigned to it")
         };
-        RoleDecision::Deny { reason }
+        RoleDecision::Deny {
+            reason,
+            not_assigned,
+        }
     }
 
     /// Every operation some role of the caller grants somewhere.

@@ -10,6 +10,7 @@ pub mod error;
 pub mod job;
 pub mod names;
 pub mod operation;
+pub mod refusal;
 pub mod sha256;
 
 #[cfg(feature = "dbus")]

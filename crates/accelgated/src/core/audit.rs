@@ -63,9 +63,9 @@ pub enum GateName {
 impl GateName {
     pub fn as_str(self) -> &'static str {
         match self {
-            GateName::Identity => "identity",
-            GateName::Role => "role",
-            GateName::CallerCaps => "caller-caps",
+            GateName::Identity => accelgate_proto::refusal::GATE_IDENTITY,
+            GateName::Role => accelgate_proto::refusal::GATE_ROLE,
+            GateName::CallerCaps => accelgate_proto::refusal::GATE_CALLER_CAPS,
             GateName::Further(name) => name,
             GateName::DeviceLimits => "device-limits",
             GateName::All => "all",

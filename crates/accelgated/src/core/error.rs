@@ -73,6 +73,20 @@ impl CoreError {
         }
     }
 
+    /// An error of `kind` with `message` (a refusal reworded, keeping its kind).
+    pub fn of_kind(kind: ErrorKind, message: String) -> CoreError {
+        match kind {
+            ErrorKind::NotAuthorized => CoreError::NotAuthorized(message),
+            ErrorKind::NotFound => CoreError::NotFound(message),
+            ErrorKind::InvalidArgument => CoreError::InvalidArgument(message),
+            ErrorKind::Busy => CoreError::Busy(message),
+            ErrorKind::Locked => CoreError::Locked(message),
+            ErrorKind::VerificationFailed => CoreError::VerificationFailed(message),
+            ErrorKind::Cancelled => CoreError::Cancelled(message),
+            ErrorKind::Failed => CoreError::Failed(message),
+        }
+    }
+
     /// What the caller is told: the error and its causes on one line. Denials say no more
     /// than their own message (the reason is in the audit log).
     pub fn message(&self) -> String {

@@ -11,7 +11,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use accelgate_policy::RoleDecision;
-use accelgate_proto::Operation;
+use accelgate_proto::{refusal, Operation};
 
 use super::audit::{AuditRecord, Decided, GateName};
 use super::authz::{GateRequest, Target};
@@ -122,7 +122,19 @@ impl Engine {
         );
         let grants = match decision {
             RoleDecision::Allow { grants } => grants,
-            RoleDecision::Deny { reason } => return Err(self.deny(d, GateName::Role, &reason)),
+            RoleDecision::Deny {
+                reason,
+                not_assigned,
+            } => {
+                // The caller may learn that the slice is not its own (it named the slice),
+                // never whose it is.
+                let told = if not_assigned {
+                    refusal::NOT_ASSIGNED.to_owned()
+                } else {
+                    reason.clone()
+                };
+                return Err(self.deny(d, GateName::Role, &reason, &told));
+            }
         };
         // The caller passes if it meets the capability rule of any one role that grants.
         if grants.iter().any(|(_, caps)| caps.is_empty()) {
@@ -139,9 +151,15 @@ impl Engine {
                     d,
                     GateName::CallerCaps,
                     &format!("caller lacks capabilities ({})", needed.join("; ")),
+                    "the calling process lacks the capabilities its role requires",
                 ))
             }
-            Err(e) => Err(self.deny(d, GateName::CallerCaps, &error_chain(&e))),
+            Err(e) => Err(self.deny(
+                d,
+                GateName::CallerCaps,
+                &error_chain(&e),
+                "cannot read the calling process's capabilities",
+            )),
         }
     }
 
@@ -161,7 +179,8 @@ impl Engine {
         };
         for gate in self.gates() {
             if let Err(reason) = gate.check(&req).await {
-                return Err(self.deny(&d, GateName::Further(gate.name()), &reason));
+                let told = format!("not authorized by {}", gate.name());
+                return Err(self.deny(&d, GateName::Further(gate.name()), &reason, &told));
             }
         }
         self.record(&d, Decided::Allow, GateName::All, "every gate passed");
@@ -170,8 +189,16 @@ impl Engine {
 
     /// A hard device limit refused the request (after or between the gates).
     pub fn deny_by_limit(&self, d: &Decision, err: CoreError) -> CoreError {
-        self.record(d, Decided::Deny, GateName::DeviceLimits, &err.message());
-        err
+        let message = err.message();
+        self.record(d, Decided::Deny, GateName::DeviceLimits, &message);
+        // Keeps its kind (InvalidArgument, Locked, ...), and names the gate like every refusal.
+        CoreError::of_kind(
+            err.kind(),
+            format!(
+                "refused by the {} gate: {message}",
+                GateName::DeviceLimits.as_str()
+            ),
+        )
     }
 
     /// A request whose caller the transport could not identify: audited, and denied.
@@ -193,12 +220,24 @@ impl Engine {
             gate: GateName::Identity,
             reason,
         });
-        CoreError::NotAuthorized("cannot identify the caller".into())
+        CoreError::NotAuthorized(refusal::refusal_message(
+            operation,
+            &target.to_string(),
+            GateName::Identity.as_str(),
+            "cannot identify the caller",
+        ))
     }
 
-    fn deny(&self, d: &Decision, gate: GateName, reason: &str) -> CoreError {
+    /// Audits the refusal with the full `reason`; the caller is told the gate and `told`,
+    /// which says no more than the caller may know.
+    fn deny(&self, d: &Decision, gate: GateName, reason: &str, told: &str) -> CoreError {
         self.record(d, Decided::Deny, gate, reason);
-        CoreError::NotAuthorized(format!("{} on {} is not allowed", d.operation, d.target))
+        CoreError::NotAuthorized(refusal::refusal_message(
+            d.operation.as_str(),
+            &d.target.to_string(),
+            gate.as_str(),
+            told,
+        ))
     }
 
     fn record(&self, d: &Decision, decision: Decided, gate: GateName, reason: &str) {

@@ -64,13 +64,13 @@ fn policy() -> RolePolicy {
 fn allowed_roles(d: &RoleDecision) -> Vec<&str> {
     match d {
         RoleDecision::Allow { grants } => grants.iter().map(|(r, _)| r.as_str()).collect(),
-        RoleDecision::Deny { reason } => panic!("denied: {reason}"),
+        RoleDecision::Deny { reason, .. } => panic!("denied: {reason}"),
     }
 }
 
 fn deny_reason(d: RoleDecision) -> String {
     match d {
-        RoleDecision::Deny { reason } => reason,
+        RoleDecision::Deny { reason, .. } => reason,
         RoleDecision::Allow { grants } => panic!("allowed by {grants:?}"),
     }
 }
@@ -97,7 +97,18 @@ fn tenant_only_on_assigned_slices() {
                 grants: vec![("tenant".into(), vec![])]
             }
         );
-        let reason = deny_reason(p.decide(ALICE, &[TENANTS], op, Some("fpga0"), false));
+        let d = p.decide(ALICE, &[TENANTS], op, Some("fpga0"), false);
+        assert!(
+            matches!(
+                d,
+                RoleDecision::Deny {
+                    not_assigned: true,
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+        let reason = deny_reason(d);
         assert_discreet(&reason, op);
         assert!(reason.contains("assigned"));
     }
@@ -135,8 +146,19 @@ fn tenant_cannot_do_operator_or_admin_work() {
         (DeviceFlash, Some("fpga0")),
         (PolicyReload, None),
     ] {
-        // Even on a slice assigned to it.
-        let reason = deny_reason(p.decide(ALICE, &[TENANTS], op, device, true));
+        // Even on a slice assigned to it; and an assignment would not help.
+        let d = p.decide(ALICE, &[TENANTS], op, device, true);
+        assert!(
+            matches!(
+                d,
+                RoleDecision::Deny {
+                    not_assigned: false,
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+        let reason = deny_reason(d);
         assert_discreet(&reason, op);
         assert!(reason.contains("not granted"));
     }
@@ -148,7 +170,18 @@ fn devices_restrict_a_role() {
     for op in [SliceAssign, DeviceConfigure, SliceRead] {
         let d = p.decide(CAROL, &[OPERATORS], op, Some("fpga0"), false);
         assert_eq!(allowed_roles(&d), vec!["fpga_operator"]);
-        let reason = deny_reason(p.decide(CAROL, &[OPERATORS], op, Some("nic0"), false));
+        let d = p.decide(CAROL, &[OPERATORS], op, Some("nic0"), false);
+        assert!(
+            matches!(
+                d,
+                RoleDecision::Deny {
+                    not_assigned: false,
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+        let reason = deny_reason(d);
         assert_discreet(&reason, op);
         assert!(reason.contains("nic0"));
     }
