@@ -57,17 +57,16 @@ pub fn caller_effective_caps(caller: &Caller) -> Result<u64, CapsError> {
     let eff = u64::from_str_radix(field("CapEff:").ok_or(CapsError::Malformed)?, 16)
         .map_err(|_| CapsError::Malformed)?;
     if let Some(pidfd) = &caller.process_fd {
-        // SAFETY: pidfd_send_signal with signal 0 only checks that the process behind the
-        // pidfd is alive; it takes a valid fd we own, a null siginfo and no flags.
-        let rc = unsafe {
-            nix::libc::syscall(
-                nix::libc::SYS_pidfd_send_signal,
-                pidfd.as_raw_fd(),
-                0,
-                std::ptr::null::<u8>(),
-                0,
-            )
-        };
+        // A pidfd polls readable once its process has exited. poll is in the daemon's seccomp
+        // allow-list; pidfd_send_signal is not (and need not be: nothing is ever signalled).
+        let mut fds = [nix::libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: nix::libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: one valid pollfd for a pidfd we own, zero timeout: poll only reads and
+        // writes the array we pass.
+        let rc = unsafe { nix::libc::poll(fds.as_mut_ptr(), 1, 0) };
         if rc != 0 {
             return Err(CapsError::Changed);
         }
