@@ -221,6 +221,8 @@ impl Engine {
         width: u8,
     ) -> Result<Vec<u64>, CoreError> {
         let auth = self.authorize(req, Operation::SliceRead, target).await?;
+        // After the polkit round trip, right before the hardware is touched.
+        self.recheck_at_use(&auth)?;
         let (_, slice) = self.target_slice(&auth)?;
         let width = Width::try_from(width).map_err(|e| self.deny_by_limit(&auth, e.into()))?;
         slice
@@ -238,6 +240,7 @@ impl Engine {
         width: u8,
     ) -> Result<(), CoreError> {
         let auth = self.authorize(req, Operation::SliceWrite, target).await?;
+        self.recheck_at_use(&auth)?;
         let auth = &auth;
         let (_, slice) = self.target_slice(auth)?;
         let width = Width::try_from(width).map_err(|e| self.deny_by_limit(auth, e.into()))?;
@@ -275,9 +278,37 @@ impl Engine {
                 )),
             ));
         };
+        let _busy = self.claim(auth.target(), auth)?;
+        self.recheck_at_use(auth)?;
+        let (d, s) = (
+            auth.target().device().unwrap_or_default(),
+            auth.target().slice().unwrap_or_default(),
+        );
+        // A writable mapping reaches every byte of the BAR: hand one out only to a caller who
+        // may write and only where every byte is writable; anyone else gets a read-only fd.
+        let caller = auth.caller();
+        let tenant = self.slice_tenant(d, s);
+        let assigned = tenant
+            .as_ref()
+            .is_some_and(|t| t.includes(caller.uid, &caller.gids));
+        let may_write = matches!(
+            self.policy().decide(
+                caller.uid,
+                &caller.gids,
+                Operation::SliceWrite,
+                Some(d),
+                assigned
+            ),
+            accelgate_policy::RoleDecision::Allow { .. }
+        ) && slice.may_write(0, slice.window.size());
+        // Recorded before the fd leaves: the slice goes to no other tenant until the mapping
+        // is revoked (see docs/security.md).
+        if let Some(t) = tenant {
+            self.update_state(|st| st.slice_mut(d, s).mapped_by = Some(t))?;
+        }
         std::fs::OpenOptions::new()
             .read(true)
-            .write(true)
+            .write(may_write)
             .open(resource)
             .map(OwnedFd::from)
             .map_err(|e| {
@@ -305,6 +336,12 @@ impl Engine {
             let entry = st.slice_mut(d, s);
             match &entry.tenant {
                 Some(t) if *t == tenant => Ok(false),
+                _ if entry.mapped_by.as_ref().is_some_and(|m| *m != tenant) => {
+                    Err(CoreError::Busy(format!(
+                        "{d}/{s} was mapped by its previous tenant and that mapping may still be \
+                         alive; recreate the device's VFs (SetVfCount to 0 and back) to revoke it"
+                    )))
+                }
                 Some(t) => Err(CoreError::Busy(format!(
                     "{d}/{s} is assigned to {t}; release it before assigning it to someone else"
                 ))),
@@ -393,6 +430,9 @@ impl Engine {
             auth.target().slice().unwrap_or_default().to_owned(),
         );
         let busy = self.claim(auth.target(), &auth)?;
+        // The image read and polkit may have taken long: the slice may have been released and
+        // assigned to someone else meanwhile.
+        self.recheck_at_use(&auth)?;
         let loaded = self.state().get().slice(&d, &s).image_sha256;
         let already = (loaded.as_deref() == Some(image.sha256.as_str()))
             .then(|| format!("image {} is already loaded", image.sha256));
@@ -565,6 +605,10 @@ impl Engine {
             for s in &disrupted {
                 if vf_index(&s.id).is_some_and(|i| i >= count) {
                     *st.slice_mut(&d, &s.id) = Default::default();
+                } else {
+                    // Recreated: the kernel removes the old function's resource files, which
+                    // revokes every mapping of them.
+                    st.slice_mut(&d, &s.id).mapped_by = None;
                 }
             }
         })?;
@@ -654,6 +698,7 @@ impl Engine {
             )));
         }
         let busy = self.claim(auth.target(), &auth)?;
+        self.recheck_at_use(&auth)?;
         let loaded = self.state().get().device(&d).personality_sha256;
         let already = (loaded.as_deref() == Some(image.sha256.as_str()))
             .then(|| format!("personality {} is already loaded", image.sha256));
@@ -734,6 +779,7 @@ impl Engine {
         })?;
         let auth = self.authorize_rest(checked, Some(&image.sha256)).await?;
         let busy = self.claim(auth.target(), &auth)?;
+        self.recheck_at_use(&auth)?;
         // Idempotent: the image already booting is not written again.
         let already = {
             let (hw, fw, sha) = (self.hw.clone(), fw.clone(), image.sha256.clone());

@@ -105,6 +105,14 @@ impl Engine {
         Ok(RoleChecked(decision))
     }
 
+    /// Role, assignment and caller capabilities again, at the point of use: called under the
+    /// target's busy lock right before the hardware is touched, after the long waits (image
+    /// read, polkit) during which a Release and Assign to someone else may have happened.
+    /// A refusal is audited like any other.
+    pub fn recheck_at_use(&self, auth: &Authorized) -> Result<(), CoreError> {
+        self.check_role_and_caps(&auth.0)
+    }
+
     fn check_role_and_caps(&self, d: &Decision) -> Result<(), CoreError> {
         let caller = &d.caller;
         let assigned = match &d.target {
