@@ -132,7 +132,7 @@ impl Engine {
 
     /// The newest `max` audit records, oldest first (admins: `policy.reload`).
     pub async fn audit_log(&self, req: &Request, max: u32) -> Result<Vec<String>, CoreError> {
-        self.authorize(req, Operation::PolicyReload, Target::Manager)
+        self.authorize_for(req, Operation::PolicyReload, Target::Manager, "audit-log")
             .await?;
         Ok(self.audit.recent(max as usize))
     }
