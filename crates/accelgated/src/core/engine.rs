@@ -76,6 +76,8 @@ pub struct Engine {
     events: Arc<dyn EventSink>,
     /// Devices and slices with an operation running.
     busy_locks: super::busy::BusyLocks,
+    /// Image bytes held for callers, in total and per caller.
+    image_budget: super::budget::ImageBudget,
 }
 
 impl Engine {
@@ -83,6 +85,13 @@ impl Engine {
     /// what a crash left in flux.
     pub async fn new(parts: EngineParts) -> Arc<Engine> {
         let devices = open_devices(&parts.hw, &parts.policy);
+        let largest_image = parts
+            .policy
+            .devices
+            .iter()
+            .map(|d| d.max_image_size)
+            .max()
+            .unwrap_or(0);
         let engine = Arc::new(Engine {
             jobs: Arc::new(Jobs::new(parts.events.clone())),
             events: parts.events,
@@ -94,6 +103,7 @@ impl Engine {
             audit: parts.audit,
             gates: parts.gates,
             busy_locks: Default::default(),
+            image_budget: super::budget::ImageBudget::new(largest_image),
         });
         engine.restore_vf_counts().await;
         engine.recover_in_flux().await;
@@ -918,10 +928,22 @@ impl Engine {
         fd: OwnedFd,
         limit: u64,
     ) -> Result<Image, CoreError> {
+        // Reserve the bytes before reading any: the size is what the fd says now, and the
+        // read never takes more than that (a file grown meanwhile is refused as too large).
+        let size = nix::sys::stat::fstat(&fd)
+            .map(|st| u64::try_from(st.st_size).unwrap_or(0))
+            .unwrap_or(0);
+        let limit = limit.min(size);
+        let reservation = self
+            .image_budget
+            .reserve(checked.caller().uid, limit)
+            .map_err(|e| self.deny_by_limit(checked, CoreError::Busy(e.to_string())))?;
         let read = tokio::task::spawn_blocking(move || read_image(&fd, limit))
             .await
             .map_err(CoreError::Task)?;
-        read.map_err(|e| self.deny_by_limit(checked, CoreError::Image(e)))
+        let mut image = read.map_err(|e| self.deny_by_limit(checked, CoreError::Image(e)))?;
+        image.reservation = Some(reservation);
+        Ok(image)
     }
 
     // ---------------------------------------------------------------- policy
