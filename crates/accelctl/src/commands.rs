@@ -32,7 +32,7 @@ pub fn describe(command: &Command) -> (String, Option<Operation>) {
         Command::Whoami => ("whoami".into(), None),
         Command::Read { slice, .. } => (format!("read {slice}"), Some(SliceRead)),
         Command::Write { slice, .. } => (format!("write {slice}"), Some(SliceWrite)),
-        Command::MapTest { slice } => (format!("map-test {slice}"), Some(SliceMap)),
+        Command::MapTest { slice, .. } => (format!("map-test {slice}"), Some(SliceMap)),
         Command::Program { slice, .. } => (format!("program {slice}"), Some(SliceProgram)),
         Command::Configure { device, .. } => (format!("configure {device}"), Some(DeviceConfigure)),
         Command::Vfs { device, .. } => (format!("vfs {device}"), Some(DeviceConfigure)),
@@ -103,7 +103,12 @@ async fn dispatch(cli: &Cli) -> Result<(), CliError> {
             values,
             width,
         } => write(client, slice, *offset, values, *width, json).await,
-        Command::MapTest { slice } => map_test(client, slice, json).await,
+        Command::MapTest {
+            slice,
+            write,
+            offset,
+            hold,
+        } => map_test(client, slice, *write, *offset, *hold, json).await,
         Command::Program { slice, image } => {
             let image = SealedImage::from_path(image)?;
             let job = client.program(&slice.device, &slice.slice, &image).await?;
@@ -390,7 +395,14 @@ async fn write(
 }
 
 /// Proves that `Map` hands out a usable fd: map it and read the first register.
-async fn map_test(client: &Client, slice: &SliceArg, json: bool) -> Result<(), CliError> {
+async fn map_test(
+    client: &Client,
+    slice: &SliceArg,
+    write: Option<u64>,
+    offset: u64,
+    hold: bool,
+    json: bool,
+) -> Result<(), CliError> {
     let fd = client.map(&slice.device, &slice.slice).await?;
     let file_len = nix::sys::stat::fstat(fd.as_fd())
         .map_err(CliError::Map)?
@@ -399,15 +411,32 @@ async fn map_test(client: &Client, slice: &SliceArg, json: bool) -> Result<(), C
     if file_len < 4 {
         return Err(CliError::MapTooSmall(file_len));
     }
-    // The same window code the daemon uses, read-only: this only proves the fd is usable.
+    // The same window code the daemon uses; writable only when asked to store a value (the
+    // daemon hands out a read-only fd to whoever may not write the whole BAR).
+    let access = if write.is_some() {
+        Access::ReadWrite
+    } else {
+        Access::ReadOnly
+    };
     let window = SliceWindow::map_fd(
         fd.as_fd(),
         std::path::Path::new("the mapped BAR"),
         0,
         file_len.min(4096),
-        Access::ReadOnly,
+        access,
     )
     .map_err(CliError::Window)?;
+    if let Some(value) = write {
+        loop {
+            window
+                .write(offset, &[value], Width::U32)
+                .map_err(CliError::Window)?;
+            if !hold {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
     let value = window.read(0, 1, Width::U32).map_err(CliError::Window)?[0];
 
     let result = json!({ "slice": slice.to_string(), "size": file_len, "value": value });

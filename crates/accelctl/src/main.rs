@@ -80,6 +80,16 @@ pub enum Command {
     MapTest {
         #[arg(value_name = "DEVICE/SLICE", value_parser = parse::slice)]
         slice: SliceArg,
+        /// Also store this 32-bit value through the mapping, at --offset (needs a writable fd)
+        #[arg(long, value_parser = parse::number)]
+        write: Option<u64>,
+        /// Byte offset of the --write store
+        #[arg(long, default_value = "0", value_parser = parse::number)]
+        offset: u64,
+        /// Keep the mapping and repeat the store every 20 ms until killed (shows whether a
+        /// mapping outlives its assignment)
+        #[arg(long, requires = "write")]
+        hold: bool,
     },
     /// Load an application image into a slice
     Program {

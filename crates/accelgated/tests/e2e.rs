@@ -766,3 +766,101 @@ fn configure_loads_a_personality_once_and_respects_assigned_slices() {
         hex_prefix(&v3)
     );
 }
+
+/// A tenant whose VF has writable ranges, or whose role lacks slice.write, gets a read-only
+/// fd from Map: its mapping cannot store anything.
+#[test]
+fn map_hands_out_a_read_only_fd_unless_the_whole_bar_is_writable() {
+    let s = Setup::with_policy("map-ro", |p| {
+        p.replace(
+            "[device.vfs]\nmax = 8",
+            "[device.vfs]\nmax = 8\nwritable = [[0x0, 0x1000]]",
+        )
+    });
+    s.ctl("ag-operator", &["vfs", "nic0", "1"]).ok();
+    s.ctl("ag-operator", &["assign", "nic0/vf0", "ag-tenant1"])
+        .ok();
+    let write = |offset: &str| {
+        ctl_with_caps(
+            &s.bus.address,
+            "ag-tenant1",
+            "+ipc_lock",
+            &[
+                "map-test", "nic0/vf0", "--write", "0x5a5a", "--offset", offset,
+            ],
+        )
+    };
+    // Even inside the writable range: the mapping covers the whole BAR, so it is read-only.
+    write("0x2000").fails_with("");
+    write("0x100").fails_with("");
+    // Reading through the mapping still works.
+    ctl_with_caps(
+        &s.bus.address,
+        "ag-tenant1",
+        "+ipc_lock",
+        &["map-test", "nic0/vf0"],
+    )
+    .ok();
+    assert_ne!(
+        s.obs.read("nic0", "vf0", 0x2000, 1, 4).unwrap(),
+        vec![0x5a5a],
+        "a store through a read-only mapping reached the VF"
+    );
+}
+
+/// An old tenant keeps a writable mapping of its VF and keeps storing through it after
+/// Release. The next tenant must never see those stores: the VF is not handed to anyone else
+/// until the mapping is revoked (the VFs are recreated), and after that the old mapping
+/// reaches nothing.
+#[test]
+fn a_mapping_does_not_outlive_its_assignment() {
+    let s = Setup::new("map-revoke");
+    s.ctl("ag-operator", &["vfs", "nic0", "2"]).ok();
+    s.ctl("ag-operator", &["assign", "nic0/vf0", "ag-tenant1"])
+        .ok();
+    let mut holder = spawn_ctl_with_caps(
+        &s.bus.address,
+        "ag-tenant1",
+        "+ipc_lock",
+        &[
+            "map-test",
+            "nic0/vf0",
+            "--write",
+            "0xbad0bad0",
+            "--offset",
+            "0x100",
+            "--hold",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.obs.read("nic0", "vf0", 0x100, 1, 4).unwrap() != vec![0xbad0_bad0] {
+        assert!(
+            Instant::now() < deadline,
+            "the holder never stored through its mapping"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    s.ctl("ag-operator", &["release", "nic0/vf0"]).ok();
+    // The old tenant's mapping may still be alive: the VF goes to no one else yet.
+    s.ctl("ag-operator", &["assign", "nic0/vf0", "ag-tenant2"])
+        .fails_with("Busy");
+    // Recreating the VFs revokes every mapping of their BARs (and resets them).
+    s.ctl("ag-operator", &["vfs", "nic0", "0"]).ok();
+    s.ctl("ag-operator", &["vfs", "nic0", "2"]).ok();
+    s.ctl("ag-operator", &["assign", "nic0/vf0", "ag-tenant2"])
+        .ok();
+    std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..5 {
+        let seen = s
+            .ctl("ag-tenant2", &["--json", "read", "nic0/vf0", "0x100"])
+            .ok();
+        assert_ne!(
+            values_of(&seen),
+            vec![0xbad0_bad0],
+            "the next tenant sees the old tenant's stores"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = holder.kill();
+    let _ = holder.wait();
+}

@@ -115,6 +115,7 @@ fn check(
         operation,
         target,
         image_sha256,
+        purpose: None,
         interactive: false,
     };
     rt.block_on(gate.check(&req))
@@ -136,6 +137,7 @@ fn cached(
         device: target.device(),
         slice: target.slice(),
         image_sha256: None,
+        purpose: None,
     })
 }
 
@@ -619,4 +621,28 @@ fn a_caller_that_disconnects_right_after_calling_is_never_authorized() {
             "round {i}: the departed caller's write happened"
         );
     }
+}
+
+/// Reading the audit log and reloading the policy share an action (`policy.reload`), but
+/// polkit is told which one is asked (`purpose`): a rule can refuse the log to someone who
+/// may reload, and one answer is never taken for the other.
+#[test]
+fn audit_log_and_policy_reload_are_told_apart() {
+    let rules = r#"
+polkit.addRule(function(action, subject) {
+    if (action.id !== "org.accelgate.policy.reload") return polkit.Result.NOT_HANDLED;
+    if (action.lookup("purpose") === "audit-log") return polkit.Result.NO;
+    if (subject.isInGroup("accel-admins")) return polkit.Result.YES;
+    return polkit.Result.NOT_HANDLED;
+});
+"#;
+    let s = DaemonSetup::new("pk-purpose", rules);
+    expect(
+        &s,
+        "ag-admin",
+        &["policy", "reload"],
+        "policy.reload",
+        Ok(()),
+    );
+    expect(&s, "ag-admin", &["audit"], "policy.reload", Err("polkit"));
 }

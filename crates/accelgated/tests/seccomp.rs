@@ -618,3 +618,32 @@ async fn zbus_round_trip(address: &str) -> Result<(), String> {
         "wrong caller uid",
     )
 }
+
+/// The caller-capability check on a bus that hands out a pidfd (dbus-broker, dbus ≥ 1.15):
+/// every call that check makes must be allowed, in kill mode, or one tenant's Map kills the
+/// daemon.
+#[test]
+fn caller_caps_check_with_a_pidfd_survives_the_kill_filter() {
+    assert_child_succeeded(|| {
+        // SAFETY: pidfd_open takes a pid and flags, no pointers; the returned fd is ours.
+        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
+        check(raw >= 0, "pidfd_open of the test child")?;
+        // SAFETY: `raw` is a fresh pidfd that nothing else owns.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+        let caller = accelgated::core::Caller {
+            sender: ":1.7".into(),
+            uid: nix::unistd::getuid().as_raw(),
+            gids: vec![],
+            pid: Some(std::process::id()),
+            process_fd: Some(pidfd),
+        };
+        confine(&SandboxConfig {
+            keep_caps: Vec::new(),
+            on_violation: Violation::Kill,
+        })
+        .map_err(|e| format!("confine: {e}"))?;
+        accelgated::core::caller::caller_effective_caps(&caller)
+            .map(|_| ())
+            .map_err(|e| format!("caller_effective_caps: {e}"))
+    });
+}

@@ -538,9 +538,8 @@ pub fn ctl(address: &str, user: &str, args: &[&str]) -> Ctl {
     ctl_with_caps(address, user, "", args)
 }
 
-/// Like `ctl`, with the capabilities in `caps` (setpriv syntax, e.g. "+ipc_lock") raised in the
-/// client's effective set through the ambient set.
-pub fn ctl_with_caps(address: &str, user: &str, caps: &str, args: &[&str]) -> Ctl {
+/// accelctl as `user` with `caps` raised (see `ctl_with_caps`), not yet run.
+fn ctl_command(address: &str, user: &str, caps: &str, args: &[&str]) -> Command {
     let bin = bin("accelctl");
     let mut cmd = if user == "root" {
         Command::new(bin)
@@ -563,6 +562,27 @@ pub fn ctl_with_caps(address: &str, user: &str, caps: &str, args: &[&str]) -> Ct
         c
     };
     cmd.args(["--bus", address]).args(args).stdin(Stdio::null());
+    cmd
+}
+
+/// Like `ctl_with_caps`, left running in the background (output discarded).
+pub fn spawn_ctl_with_caps(
+    address: &str,
+    user: &str,
+    caps: &str,
+    args: &[&str],
+) -> std::process::Child {
+    ctl_command(address, user, caps, args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot run accelctl")
+}
+
+/// Like `ctl`, with the capabilities in `caps` (setpriv syntax, e.g. "+ipc_lock") raised in the
+/// client's effective set through the ambient set.
+pub fn ctl_with_caps(address: &str, user: &str, caps: &str, args: &[&str]) -> Ctl {
+    let mut cmd = ctl_command(address, user, caps, args);
     let out: Output = cmd.output().expect("cannot run accelctl");
     Ctl {
         code: out.status.code().unwrap_or(-1),

@@ -52,6 +52,10 @@ pub struct GateRequest<'a> {
     pub operation: Operation,
     pub target: &'a Target,
     pub image_sha256: Option<&'a str>,
+    /// What the operation is asked for, where one operation serves several methods (the
+    /// audit log is read under `policy.reload`): `audit-log`. Shown to polkit and part of
+    /// its cache key, so one answer is never taken for the other.
+    pub purpose: Option<&'static str>,
     /// The caller set ALLOW_INTERACTIVE_AUTHORIZATION on its call.
     pub interactive: bool,
 }

@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 
 /// A caller as the bus identifies it.
 #[derive(Debug)]
@@ -26,6 +27,8 @@ pub enum CapsError {
     Malformed,
     #[error("the caller's process changed while it was inspected")]
     Changed,
+    #[error("the caller's process holds capabilities from a privileged exec (not dumpable)")]
+    Borrowed,
 }
 
 /// The caller's effective capability set, read so that a pid reused by another process is never
@@ -51,23 +54,35 @@ pub fn caller_effective_caps(caller: &Caller) -> Result<u64, CapsError> {
         .split_whitespace()
         .map(|u| u.parse().map_err(|_| CapsError::Malformed))
         .collect::<Result<_, _>>()?;
-    if uids.first() != Some(&caller.uid) {
+    // Real, effective, saved and filesystem uid all the caller's: a process that execs a
+    // setuid binary after connecting (e.g. `su` waiting at its prompt while a child keeps the
+    // socket) has full capabilities under a foreign effective uid, and must not lend them.
+    if uids.is_empty() || uids.iter().any(|u| *u != caller.uid) {
         return Err(CapsError::Changed);
+    }
+    // The kernel marks a process non-dumpable when its capabilities grew (setuid or
+    // file-capability exec, commit_creds with a larger set) and then owns /proc/PID by root.
+    // Capabilities inherited through the ambient set leave it dumpable. So capabilities a
+    // caller borrowed from a privileged binary are not counted.
+    let owner = fs::metadata(format!("/proc/{pid}"))
+        .map_err(CapsError::Proc)?
+        .uid();
+    if owner != caller.uid {
+        return Err(CapsError::Borrowed);
     }
     let eff = u64::from_str_radix(field("CapEff:").ok_or(CapsError::Malformed)?, 16)
         .map_err(|_| CapsError::Malformed)?;
     if let Some(pidfd) = &caller.process_fd {
-        // SAFETY: pidfd_send_signal with signal 0 only checks that the process behind the
-        // pidfd is alive; it takes a valid fd we own, a null siginfo and no flags.
-        let rc = unsafe {
-            nix::libc::syscall(
-                nix::libc::SYS_pidfd_send_signal,
-                pidfd.as_raw_fd(),
-                0,
-                std::ptr::null::<u8>(),
-                0,
-            )
-        };
+        // A pidfd polls readable once its process has exited. poll is in the daemon's seccomp
+        // allow-list; pidfd_send_signal is not (and need not be: nothing is ever signalled).
+        let mut fds = [nix::libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: nix::libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: one valid pollfd for a pidfd we own, zero timeout: poll only reads and
+        // writes the array we pass.
+        let rc = unsafe { nix::libc::poll(fds.as_mut_ptr(), 1, 0) };
         if rc != 0 {
             return Err(CapsError::Changed);
         }
@@ -118,5 +133,52 @@ mod tests {
             caller_effective_caps(&other),
             Err(CapsError::Changed)
         ));
+    }
+
+    /// A process whose real uid is a user's but which runs with a root effective uid (what
+    /// a setuid exec leaves) lends no capabilities, whatever its CapEff says.
+    #[test]
+    fn a_setuid_process_lends_no_capabilities() {
+        if !nix::unistd::geteuid().is_root() {
+            panic!("this test needs root (it makes a process with mixed uids)");
+        }
+        let user = 41_999u32;
+        let (read_end, write_end) = nix::unistd::pipe().unwrap();
+        // SAFETY: the child only calls async-signal-safe functions (setresuid, write, pause,
+        // _exit) before it is killed.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                // SAFETY: plain syscalls with integer arguments.
+                unsafe {
+                    if nix::libc::setresuid(user, 0, 0) != 0 {
+                        nix::libc::_exit(1);
+                    }
+                    nix::libc::write(write_end.as_raw_fd(), b"x".as_ptr().cast(), 1);
+                    loop {
+                        nix::libc::pause();
+                    }
+                }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                drop(write_end);
+                let mut ready = [0u8; 1];
+                let n = nix::unistd::read(&read_end, &mut ready).unwrap();
+                let borrower = Caller {
+                    sender: ":1.9".into(),
+                    uid: user,
+                    gids: vec![],
+                    pid: Some(child.as_raw() as u32),
+                    process_fd: None,
+                };
+                let result = caller_effective_caps(&borrower);
+                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(child, None);
+                assert_eq!(n, 1, "the child could not set its uids");
+                assert!(
+                    result.is_err(),
+                    "a setuid process lent its capabilities: {result:?}"
+                );
+            }
+        }
     }
 }

@@ -77,6 +77,8 @@ pub struct Engine {
     events: Arc<dyn EventSink>,
     /// Devices and slices with an operation running.
     busy_locks: super::busy::BusyLocks,
+    /// Image bytes held for callers, in total and per caller.
+    image_budget: super::budget::ImageBudget,
 }
 
 impl Engine {
@@ -84,6 +86,13 @@ impl Engine {
     /// what a crash left in flux.
     pub async fn new(parts: EngineParts) -> Arc<Engine> {
         let devices = open_devices(&parts.hw, &parts.policy);
+        let largest_image = parts
+            .policy
+            .devices
+            .iter()
+            .map(|d| d.max_image_size)
+            .max()
+            .unwrap_or(0);
         let engine = Arc::new(Engine {
             jobs: Arc::new(Jobs::new(parts.events.clone())),
             events: parts.events,
@@ -95,6 +104,7 @@ impl Engine {
             audit: parts.audit,
             gates: parts.gates,
             busy_locks: Default::default(),
+            image_budget: super::budget::ImageBudget::new(largest_image),
         });
         engine.restore_vf_counts().await;
         engine.recover_in_flux().await;
@@ -133,7 +143,7 @@ impl Engine {
 
     /// The newest `max` audit records, oldest first (admins: `policy.reload`).
     pub async fn audit_log(&self, req: &Request, max: u32) -> Result<Vec<String>, CoreError> {
-        self.authorize(req, Operation::PolicyReload, Target::Manager)
+        self.authorize_for(req, Operation::PolicyReload, Target::Manager, "audit-log")
             .await?;
         Ok(self.audit.recent(max as usize))
     }
@@ -222,6 +232,8 @@ impl Engine {
         width: u8,
     ) -> Result<Vec<u64>, CoreError> {
         let auth = self.authorize(req, Operation::SliceRead, target).await?;
+        // After the polkit round trip, right before the hardware is touched.
+        self.recheck_at_use(&auth)?;
         let (_, slice) = self.target_slice(&auth)?;
         let width = Width::try_from(width).map_err(|e| self.deny_by_limit(&auth, e.into()))?;
         slice
@@ -239,6 +251,7 @@ impl Engine {
         width: u8,
     ) -> Result<(), CoreError> {
         let auth = self.authorize(req, Operation::SliceWrite, target).await?;
+        self.recheck_at_use(&auth)?;
         let auth = &auth;
         let (_, slice) = self.target_slice(auth)?;
         let width = Width::try_from(width).map_err(|e| self.deny_by_limit(auth, e.into()))?;
@@ -291,9 +304,37 @@ impl Engine {
                 )),
             ));
         }
+        let _busy = self.claim(auth.target(), auth)?;
+        self.recheck_at_use(auth)?;
+        let (d, s) = (
+            auth.target().device().unwrap_or_default(),
+            auth.target().slice().unwrap_or_default(),
+        );
+        // A writable mapping reaches every byte of the BAR: hand one out only to a caller who
+        // may write and only where every byte is writable; anyone else gets a read-only fd.
+        let caller = auth.caller();
+        let tenant = self.slice_tenant(d, s);
+        let assigned = tenant
+            .as_ref()
+            .is_some_and(|t| t.includes(caller.uid, &caller.gids));
+        let may_write = matches!(
+            self.policy().decide(
+                caller.uid,
+                &caller.gids,
+                Operation::SliceWrite,
+                Some(d),
+                assigned
+            ),
+            accelgate_policy::RoleDecision::Allow { .. }
+        ) && slice.may_write(0, slice.window.size());
+        // Recorded before the fd leaves: the slice goes to no other tenant until the mapping
+        // is revoked (see docs/security.md).
+        if let Some(t) = tenant {
+            self.update_state(|st| st.slice_mut(d, s).mapped_by = Some(t))?;
+        }
         std::fs::OpenOptions::new()
             .read(true)
-            .write(true)
+            .write(may_write)
             .open(resource)
             .map(OwnedFd::from)
             .map_err(|e| {
@@ -321,6 +362,12 @@ impl Engine {
             let entry = st.slice_mut(d, s);
             match &entry.tenant {
                 Some(t) if *t == tenant => Ok(false),
+                _ if entry.mapped_by.as_ref().is_some_and(|m| *m != tenant) => {
+                    Err(CoreError::Busy(format!(
+                        "{d}/{s} was mapped by its previous tenant and that mapping may still be \
+                         alive; recreate the device's VFs (SetVfCount to 0 and back) to revoke it"
+                    )))
+                }
                 Some(t) => Err(CoreError::Busy(format!(
                     "{d}/{s} is assigned to {t}; release it before assigning it to someone else"
                 ))),
@@ -409,6 +456,9 @@ impl Engine {
             auth.target().slice().unwrap_or_default().to_owned(),
         );
         let busy = self.claim(auth.target(), &auth)?;
+        // The image read and polkit may have taken long: the slice may have been released and
+        // assigned to someone else meanwhile.
+        self.recheck_at_use(&auth)?;
         let loaded = self.state().get().slice(&d, &s).image_sha256;
         let already = (loaded.as_deref() == Some(image.sha256.as_str()))
             .then(|| format!("image {} is already loaded", image.sha256));
@@ -581,6 +631,10 @@ impl Engine {
             for s in &disrupted {
                 if vf_index(&s.id).is_some_and(|i| i >= count) {
                     *st.slice_mut(&d, &s.id) = Default::default();
+                } else {
+                    // Recreated: the kernel removes the old function's resource files, which
+                    // revokes every mapping of them.
+                    st.slice_mut(&d, &s.id).mapped_by = None;
                 }
             }
         })?;
@@ -670,6 +724,7 @@ impl Engine {
             )));
         }
         let busy = self.claim(auth.target(), &auth)?;
+        self.recheck_at_use(&auth)?;
         let loaded = self.state().get().device(&d).personality_sha256;
         let already = (loaded.as_deref() == Some(image.sha256.as_str()))
             .then(|| format!("personality {} is already loaded", image.sha256));
@@ -750,6 +805,7 @@ impl Engine {
         })?;
         let auth = self.authorize_rest(checked, Some(&image.sha256)).await?;
         let busy = self.claim(auth.target(), &auth)?;
+        self.recheck_at_use(&auth)?;
         // Idempotent: the image already booting is not written again.
         let already = {
             let (hw, fw, sha) = (self.hw.clone(), fw.clone(), image.sha256.clone());
@@ -888,10 +944,22 @@ impl Engine {
         fd: OwnedFd,
         limit: u64,
     ) -> Result<Image, CoreError> {
+        // Reserve the bytes before reading any: the size is what the fd says now, and the
+        // read never takes more than that (a file grown meanwhile is refused as too large).
+        let size = nix::sys::stat::fstat(&fd)
+            .map(|st| u64::try_from(st.st_size).unwrap_or(0))
+            .unwrap_or(0);
+        let limit = limit.min(size);
+        let reservation = self
+            .image_budget
+            .reserve(checked.caller().uid, limit)
+            .map_err(|e| self.deny_by_limit(checked, CoreError::Busy(e.to_string())))?;
         let read = tokio::task::spawn_blocking(move || read_image(&fd, limit))
             .await
             .map_err(CoreError::Task)?;
-        read.map_err(|e| self.deny_by_limit(checked, CoreError::Image(e)))
+        let mut image = read.map_err(|e| self.deny_by_limit(checked, CoreError::Image(e)))?;
+        image.reservation = Some(reservation);
+        Ok(image)
     }
 
     // ---------------------------------------------------------------- policy

@@ -29,6 +29,9 @@ use accelgate_testkit::TempDir;
 struct FakeGate {
     asked: Mutex<Vec<(Operation, String, Option<String>)>>,
     deny: AtomicBool,
+    /// Program questions wait for a read guard of this: a test holding the write guard plays
+    /// a polkit round trip that takes long (an interactive prompt).
+    slow_program: tokio::sync::RwLock<()>,
 }
 
 struct SharedGate(Arc<FakeGate>);
@@ -44,8 +47,12 @@ impl Gate for SharedGate {
             req.target.to_string(),
             req.image_sha256.map(str::to_owned),
         );
+        let slow = req.operation == Operation::SliceProgram;
         Box::pin(async move {
             gate.asked.lock().unwrap().push(entry);
+            if slow {
+                let _wait = gate.slow_program.read().await;
+            }
             if gate.deny.load(Ordering::SeqCst) {
                 Err("fake gate says no".into())
             } else {
@@ -472,4 +479,49 @@ async fn a_reload_announces_itself_whoever_asked() {
     assert!(r.events.take().is_empty());
     // A reload by signal asks no gate: it is the admin's own file.
     assert!(r.gate.asked.lock().unwrap().is_empty());
+}
+
+/// A tenant's Program waits at polkit; meanwhile the operator releases the slice and assigns
+/// it to another tenant. When polkit answers, the first tenant's image must not be loaded into
+/// the second tenant's region: the role and assignment are checked again at the point of use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn program_rechecks_the_assignment_after_polkit() {
+    let r = rig("recheck").await;
+    let tenant = request(TENANT, &[TENANTS]);
+    let other = format!("uid:{OTHER_TENANT}");
+    let operator = request(OPERATOR, &[OPERATORS]);
+    r.engine
+        .assign(&operator, region0(), &format!("uid:{TENANT}"))
+        .await
+        .unwrap();
+    let image: Vec<u8> = (0..20_000u32).map(|i| (i % 13) as u8).collect();
+    let polkit_busy = r.gate.slow_program.write().await;
+    let engine = r.engine.clone();
+    let fd = image_fd(&image);
+    let program = tokio::spawn(async move { engine.program(&tenant, region0(), fd).await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !r
+        .gate
+        .asked
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(op, _, _)| *op == Operation::SliceProgram)
+    {
+        assert!(Instant::now() < deadline, "Program never reached polkit");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    r.engine.release(&operator, region0()).await.unwrap();
+    r.engine.assign(&operator, region0(), &other).await.unwrap();
+    drop(polkit_busy);
+    let outcome = program.await.unwrap();
+    if let Ok(id) = &outcome {
+        wait_job(&r.engine, *id).await;
+    }
+    assert_eq!(
+        r.engine.slice_image("fpga0", "region0"),
+        None,
+        "the first tenant's image landed in the second tenant's region"
+    );
+    assert_eq!(outcome.unwrap_err().kind(), ErrorKind::NotAuthorized);
 }

@@ -35,6 +35,7 @@ pub struct Decision {
     operation: Operation,
     target: Target,
     interactive: bool,
+    purpose: Option<&'static str>,
 }
 
 impl Decision {
@@ -87,6 +88,20 @@ impl Engine {
         self.authorize_rest(checked, None).await
     }
 
+    /// Like [`Engine::authorize`], for a method that shares `operation` with others: polkit
+    /// is told the `purpose` and answers it separately.
+    pub async fn authorize_for(
+        &self,
+        req: &Request,
+        operation: Operation,
+        target: Target,
+        purpose: &'static str,
+    ) -> Result<Authorized, CoreError> {
+        let mut checked = self.authorize_role(req, operation, target)?;
+        checked.0.purpose = Some(purpose);
+        self.authorize_rest(checked, None).await
+    }
+
     /// Role policy and caller capabilities. Operations that take an image call this first,
     /// read the image, and then [`Engine::authorize_rest`] with its hash (polkit sees it).
     pub fn authorize_role(
@@ -100,9 +115,18 @@ impl Engine {
             operation,
             target,
             interactive: req.interactive,
+            purpose: None,
         };
         self.check_role_and_caps(&decision)?;
         Ok(RoleChecked(decision))
+    }
+
+    /// Role, assignment and caller capabilities again, at the point of use: called under the
+    /// target's busy lock right before the hardware is touched, after the long waits (image
+    /// read, polkit) during which a Release and Assign to someone else may have happened.
+    /// A refusal is audited like any other.
+    pub fn recheck_at_use(&self, auth: &Authorized) -> Result<(), CoreError> {
+        self.check_role_and_caps(&auth.0)
     }
 
     fn check_role_and_caps(&self, d: &Decision) -> Result<(), CoreError> {
@@ -175,6 +199,7 @@ impl Engine {
             operation: d.operation,
             target: &d.target,
             image_sha256,
+            purpose: d.purpose,
             interactive: d.interactive,
         };
         for gate in self.gates() {

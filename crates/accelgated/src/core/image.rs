@@ -32,6 +32,8 @@ pub struct Image {
     pub bytes: Vec<u8>,
     /// Lowercase hex sha256 of `bytes`.
     pub sha256: String,
+    /// The image memory reserved for these bytes (see `core::budget`), held as long as they.
+    pub reservation: Option<super::budget::Reservation>,
 }
 
 /// Reads the image behind `fd`, refusing anything but a regular file or a sealed memfd, and
@@ -85,7 +87,11 @@ pub fn read_image(fd: &OwnedFd, limit: u64) -> Result<Image, ImageError> {
     }
     bytes.truncate(filled);
     let sha256 = sha256_hex(&bytes);
-    Ok(Image { bytes, sha256 })
+    Ok(Image {
+        bytes,
+        sha256,
+        reservation: None,
+    })
 }
 
 /// Lowercase hex sha256.

@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod authz;
+pub mod budget;
 pub mod busy;
 pub mod caller;
 pub mod devices;

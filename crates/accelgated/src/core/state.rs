@@ -41,6 +41,11 @@ pub struct SliceState {
     /// and the slice is blanked before anyone uses it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub image_in_flux: bool,
+    /// The tenant the slice was assigned to when Map handed out its BAR. No kernel interface
+    /// revokes an mmap of a sysfs `resourceN` file short of removing the function, so the
+    /// slice goes to no other tenant until its VF is recreated (which clears this).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapped_by: Option<Tenant>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -37,6 +37,9 @@ impl Tenant {
         match kind {
             "uid" => {
                 let uid: u32 = value.parse().map_err(|_| syntax())?;
+                if uid == u32::MAX {
+                    return Err(syntax());
+                }
                 let name = User::from_uid(Uid::from_raw(uid))
                     .ok()
                     .flatten()
@@ -46,6 +49,9 @@ impl Tenant {
             }
             "gid" => {
                 let gid: u32 = value.parse().map_err(|_| syntax())?;
+                if gid == u32::MAX {
+                    return Err(syntax());
+                }
                 let name = Group::from_gid(Gid::from_raw(gid))
                     .ok()
                     .flatten()
@@ -128,6 +134,14 @@ mod tests {
             Err(TenantError::Syntax(_))
         ));
         assert!(matches!(Tenant::resolve(""), Err(TenantError::Syntax(_))));
+        // (uid_t)-1 and (gid_t)-1 mean "no id" to the kernel (setresuid, chown): assigning a
+        // slice to them would hand it to whatever an unset id is taken for.
+        for spec in ["uid:4294967295", "gid:4294967295"] {
+            assert!(
+                matches!(Tenant::resolve(spec), Err(TenantError::Syntax(_))),
+                "{spec} accepted"
+            );
+        }
         assert_eq!(
             Tenant::resolve("no-such-user-xyz"),
             Err(TenantError::UnknownUser("no-such-user-xyz".into()))

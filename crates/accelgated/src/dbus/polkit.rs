@@ -194,6 +194,7 @@ impl PolkitGate {
             device: req.target.device(),
             slice: req.target.slice(),
             image_sha256: req.image_sha256,
+            purpose: req.purpose,
         };
         let asked_at = match &self.cache {
             Some(cache) => {
@@ -208,8 +209,14 @@ impl PolkitGate {
             }
             None => None,
         };
-        let result = self.ask(&key, req.interactive).await?;
-        let verdict = Verdict::of(&result);
+        // Asked without interaction first: a plain yes or no is an answer for everyone and
+        // may be cached. Only when polkit wants authentication is the caller's interactive
+        // request made, and its success (an `auth_admin` challenge passed) is never cached:
+        // the next request must authenticate again.
+        let verdict = Verdict::of(&self.ask(&key, false).await?);
+        if req.interactive && verdict == Verdict::Challenge {
+            return Verdict::of(&self.ask(&key, true).await?).into_result();
+        }
         if let (Some(cache), Some(asked_at), Some(authorized)) =
             (&self.cache, asked_at, verdict.cacheable())
         {
@@ -235,6 +242,9 @@ impl PolkitGate {
         }
         if let Some(sha) = key.image_sha256 {
             details.insert("image_sha256", sha);
+        }
+        if let Some(purpose) = key.purpose {
+            details.insert("purpose", purpose);
         }
         let (flags, timeout, cancellation_id) = if interactive {
             let n = self.next_cancellation.fetch_add(1, Ordering::Relaxed);

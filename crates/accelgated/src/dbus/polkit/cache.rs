@@ -29,6 +29,7 @@ pub struct KeyRef<'a> {
     pub device: Option<&'a str>,
     pub slice: Option<&'a str>,
     pub image_sha256: Option<&'a str>,
+    pub purpose: Option<&'a str>,
 }
 
 /// Anything that can be seen as a [`KeyRef`]; the map's borrowed key type.
@@ -64,6 +65,7 @@ struct OwnedKey {
     device: Option<Box<str>>,
     slice: Option<Box<str>>,
     image_sha256: Option<Box<str>>,
+    purpose: Option<Box<str>>,
 }
 
 impl OwnedKey {
@@ -74,6 +76,7 @@ impl OwnedKey {
             device: k.device.map(Into::into),
             slice: k.slice.map(Into::into),
             image_sha256: k.image_sha256.map(Into::into),
+            purpose: k.purpose.map(Into::into),
         }
     }
 }
@@ -86,6 +89,7 @@ impl KeyView for OwnedKey {
             device: self.device.as_deref(),
             slice: self.slice.as_deref(),
             image_sha256: self.image_sha256.as_deref(),
+            purpose: self.purpose.as_deref(),
         }
     }
 }
@@ -208,6 +212,7 @@ mod tests {
             device: Some("fpga0"),
             slice,
             image_sha256: None,
+            purpose: None,
         }
     }
 
