@@ -113,7 +113,10 @@ impl Accel {
             .cache_properties(CacheProperties::No)
             .build()
             .await?;
-        Ok(proxy.inner().get_property::<String>("FirmwareState").await?)
+        Ok(proxy
+            .inner()
+            .get_property::<String>("FirmwareState")
+            .await?)
     }
 
     /// The slice's tenant (empty when unassigned) and loaded image hash (empty when none).
@@ -128,7 +131,12 @@ impl Accel {
 
     /// Assigns the slice to `tenant` (`uid:N` or `gid:N`). The daemon treats a repeat for the
     /// same tenant as done and refuses a slice another tenant holds (`Busy`).
-    pub async fn assign(&self, device: &str, slice: &str, tenant: &str) -> Result<(), AccelOpError> {
+    pub async fn assign(
+        &self,
+        device: &str,
+        slice: &str,
+        tenant: &str,
+    ) -> Result<(), AccelOpError> {
         match self.client.assign(device, slice, tenant).await {
             Err(e) if matches!(e.accel(), Some(AccelError::Busy(_))) => {
                 let (holder, _) = self.slice_state(device, slice).await?;
@@ -144,7 +152,12 @@ impl Accel {
     }
 
     /// Loads `image` into the slice and waits for the job to end.
-    pub async fn program(&self, device: &str, slice: &str, image: &Path) -> Result<(), AccelOpError> {
+    pub async fn program(
+        &self,
+        device: &str,
+        slice: &str,
+        image: &Path,
+    ) -> Result<(), AccelOpError> {
         let sealed = SealedImage::from_path(image)?;
         let job = self.client.program(device, slice, &sealed).await?;
         self.client.wait_job(&job, |_| {}).await?;
@@ -187,7 +200,10 @@ pub struct ChangeStream {
 impl ChangeStream {
     /// Returns after the next signal (and any that follow within `settle`), or after `period`.
     pub async fn next_change(&mut self, period: Duration, settle: Duration) {
-        if tokio::time::timeout(period, self.inner.next()).await.is_err() {
+        if tokio::time::timeout(period, self.inner.next())
+            .await
+            .is_err()
+        {
             return;
         }
         // A Program or SetVfCount announces several properties in a row: take them as one.

@@ -106,7 +106,11 @@ impl Checkpoint {
         self.claims
             .iter()
             .filter(|(uid, _)| uid.as_str() != except)
-            .find(|(_, e)| e.slices.iter().any(|s| s.device == device && s.slice == slice))
+            .find(|(_, e)| {
+                e.slices
+                    .iter()
+                    .any(|s| s.device == device && s.slice == slice)
+            })
             .map(|(uid, _)| uid.as_str())
     }
 
@@ -179,7 +183,10 @@ mod tests {
         assert_eq!(c.holder_of("fpga0", "region0", "u2"), Some("u1"));
         assert_eq!(c.holder_of("fpga0", "region0", "u1"), None);
         fs::write(&path, b"{not json").unwrap();
-        assert!(matches!(Checkpoint::load(&path), Err(CheckpointError::Corrupt { .. })));
+        assert!(matches!(
+            Checkpoint::load(&path),
+            Err(CheckpointError::Corrupt { .. })
+        ));
         let _ = fs::remove_dir_all(&dir);
     }
 }

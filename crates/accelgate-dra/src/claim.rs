@@ -95,7 +95,12 @@ pub fn allocated(
         .ok_or_else(|| ClaimError::NotAllocated(label.clone()))?;
     let configs = devices.config.as_deref().unwrap_or_default();
     let mut out = Vec::new();
-    for result in devices.results.iter().flatten().filter(|r| r.driver == driver) {
+    for result in devices
+        .results
+        .iter()
+        .flatten()
+        .filter(|r| r.driver == driver)
+    {
         if result.pool != pool {
             return Err(ClaimError::OtherPool {
                 claim: label,
@@ -120,15 +125,14 @@ pub fn allocated(
             let applies = config.requests.as_ref().is_none_or(|rs| {
                 rs.is_empty()
                     || rs.iter().any(|r| {
-                        r == &result.request
-                            || result.request.split('/').next() == Some(r.as_str())
+                        r == &result.request || result.request.split('/').next() == Some(r.as_str())
                     })
             });
             if !applies {
                 continue;
             }
-            let params: Parameters =
-                serde_json::from_value(opaque.parameters.0.clone()).map_err(|e| bad(e.to_string()))?;
+            let params: Parameters = serde_json::from_value(opaque.parameters.0.clone())
+                .map_err(|e| bad(e.to_string()))?;
             if let Some(t) = params.tenant {
                 tenant = Some(tenant_of(&t).map_err(&bad)?);
             }
@@ -167,8 +171,8 @@ fn tenant_of(t: &TenantParameter) -> Result<String, String> {
 /// cannot make the plugin read any other file of the node.
 fn image_path(dir: &Path, reference: &str) -> Result<PathBuf, String> {
     let rel = Path::new(reference);
-    let plain = !reference.is_empty()
-        && rel.components().all(|c| matches!(c, Component::Normal(_)));
+    let plain =
+        !reference.is_empty() && rel.components().all(|c| matches!(c, Component::Normal(_)));
     if !plain {
         return Err(format!(
             "image {reference:?} must be a relative path inside the image directory"

@@ -270,7 +270,9 @@ impl DraPlugin for DraService {
             };
             claims.insert(c.uid.clone(), entry);
         }
-        Ok(tonic::Response::new(NodePrepareResourcesResponse { claims }))
+        Ok(tonic::Response::new(NodePrepareResourcesResponse {
+            claims,
+        }))
     }
 
     async fn node_unprepare_resources(
@@ -288,6 +290,8 @@ impl DraPlugin for DraService {
             };
             claims.insert(c.uid.clone(), NodeUnprepareResourceResponse { error });
         }
-        Ok(tonic::Response::new(NodeUnprepareResourcesResponse { claims }))
+        Ok(tonic::Response::new(NodeUnprepareResourcesResponse {
+            claims,
+        }))
     }
 }

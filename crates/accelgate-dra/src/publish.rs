@@ -35,11 +35,21 @@ pub enum PublishError {
 /// The DRA device name of an accelgate slice: a DNS label made of the device and slice ids.
 /// Ids are `[A-Za-z0-9_]+`; None when the result is not a valid label.
 pub fn device_name(device: &str, slice: &str) -> Option<String> {
-    let name = format!("{device}-{slice}").to_ascii_lowercase().replace('_', "-");
+    let name = format!("{device}-{slice}")
+        .to_ascii_lowercase()
+        .replace('_', "-");
     let valid = name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && name.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .last()
+            .is_some_and(|b| b.is_ascii_alphanumeric());
     valid.then_some(name)
 }
 
@@ -52,7 +62,10 @@ pub fn names(facts: &[SliceFacts]) -> BTreeMap<String, (String, String)> {
             tracing::warn!(device = %f.device, slice = %f.slice, "no valid DRA device name; not published");
             continue;
         };
-        if out.insert(name.clone(), (f.device.clone(), f.slice.clone())).is_some() {
+        if out
+            .insert(name.clone(), (f.device.clone(), f.slice.clone()))
+            .is_some()
+        {
             clashes.push(name);
         }
     }
@@ -187,13 +200,25 @@ pub async fn run(
         }
     };
     loop {
-        match publish_once(&config, &accel, &api, &checkpoint, &mut generation, &mut published).await {
+        match publish_once(
+            &config,
+            &accel,
+            &api,
+            &checkpoint,
+            &mut generation,
+            &mut published,
+        )
+        .await
+        {
             Ok(true) => tracing::info!(generation = ?generation, "ResourceSlice published"),
             Ok(false) => {}
             Err(e) => tracing::warn!("publishing the ResourceSlice: {e}"),
         }
         match changes.as_mut() {
-            Some(c) => c.next_change(config.resync, Duration::from_millis(100)).await,
+            Some(c) => {
+                c.next_change(config.resync, Duration::from_millis(100))
+                    .await
+            }
             None => tokio::time::sleep(config.resync).await,
         }
     }
@@ -261,7 +286,10 @@ mod tests {
 
     #[test]
     fn names_are_dns_labels() {
-        assert_eq!(device_name("fpga0", "region0").as_deref(), Some("fpga0-region0"));
+        assert_eq!(
+            device_name("fpga0", "region0").as_deref(),
+            Some("fpga0-region0")
+        );
         assert_eq!(device_name("Nic_A", "vf3").as_deref(), Some("nic-a-vf3"));
         assert_eq!(device_name("x_", "_y").as_deref(), Some("x---y"));
         assert_eq!(device_name(&"a".repeat(60), "slice"), None);
@@ -271,7 +299,13 @@ mod tests {
     fn taints_follow_firmware_state() {
         assert!(firmware_taint("idle").is_none());
         assert!(firmware_taint("").is_none());
-        assert_eq!(firmware_taint("flashing").unwrap().value.as_deref(), Some("flashing"));
-        assert_eq!(firmware_taint("error: slot b").unwrap().value.as_deref(), Some("error"));
+        assert_eq!(
+            firmware_taint("flashing").unwrap().value.as_deref(),
+            Some("flashing")
+        );
+        assert_eq!(
+            firmware_taint("error: slot b").unwrap().value.as_deref(),
+            Some("error")
+        );
     }
 }

@@ -137,7 +137,8 @@ fn read_chunked(reader: &mut BufReader<TcpStream>) -> Vec<u8> {
         if reader.read_line(&mut size).unwrap_or(0) == 0 {
             return out;
         }
-        let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16).unwrap_or(0);
+        let n =
+            usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16).unwrap_or(0);
         let mut chunk = vec![0; n + 2];
         if reader.read_exact(&mut chunk).is_err() {
             return out;
@@ -176,7 +177,8 @@ fn handle(state: &Mutex<State>, method: &str, target: &str, body: &[u8]) -> (u16
         },
         ("PATCH", ["resourceslices", name]) => {
             let Ok(mut obj) = serde_json::from_slice::<Value>(body) else {
-                st.unexpected.push(format!("unparsable PATCH body for {name}"));
+                st.unexpected
+                    .push(format!("unparsable PATCH body for {name}"));
                 return (400, json!({"kind": "Status", "code": 400}));
             };
             st.next_version += 1;

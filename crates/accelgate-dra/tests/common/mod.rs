@@ -40,7 +40,9 @@ pub fn require_binary(name: &str, package: &str) -> PathBuf {
 
 /// The root of the workspace (policy, dbus configuration, scripts).
 pub fn repo_path(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel)
 }
 
 /// A binary of the workspace's other package (accelgated, accelctl), built next to this test.
