@@ -596,6 +596,11 @@ async fn plays_the_kubelet() {
         &["assign", "fpga0/region1", TENANT_USER],
     );
     assert!(ok, "{err}");
+    // Assigned by hand, it leaves the ResourceSlice: the scheduler is not offered it.
+    wait_for(30, "fpga0-region1 to leave the ResourceSlice", || {
+        let (_, devs) = last_devices(&kube)?;
+        device(&devs, "fpga0-region1").is_none().then_some(())
+    });
     let uid_c = "c0c0c0c0-1111-4222-8333-666666666666";
     kube.put_claim(claim_fixture(
         uid_c,
