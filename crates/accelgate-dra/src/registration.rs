@@ -1,0 +1,52 @@
+//! The registration socket the kubelet's plugin watcher finds in `plugins_registry`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::proto::registration::{
+    registration_server::Registration, InfoRequest, PluginInfo, RegistrationStatus,
+    RegistrationStatusResponse,
+};
+
+/// The plugin type the kubelet routes to its DRA manager.
+pub const PLUGIN_TYPE: &str = "DRAPlugin";
+/// The gRPC services served at the endpoint, as the kubelet names them.
+pub const SUPPORTED_VERSIONS: &[&str] = &["v1.DRAPlugin"];
+
+pub struct RegistrationService {
+    pub driver: String,
+    /// The DRA socket's path, as the kubelet (on the host) dials it.
+    pub endpoint: String,
+    /// Set once the kubelet reports that it registered us.
+    pub registered: Arc<AtomicBool>,
+}
+
+#[tonic::async_trait]
+impl Registration for RegistrationService {
+    async fn get_info(
+        &self,
+        _request: tonic::Request<InfoRequest>,
+    ) -> Result<tonic::Response<PluginInfo>, tonic::Status> {
+        Ok(tonic::Response::new(PluginInfo {
+            r#type: PLUGIN_TYPE.to_owned(),
+            name: self.driver.clone(),
+            endpoint: self.endpoint.clone(),
+            supported_versions: SUPPORTED_VERSIONS.iter().map(|s| s.to_string()).collect(),
+        }))
+    }
+
+    async fn notify_registration_status(
+        &self,
+        request: tonic::Request<RegistrationStatus>,
+    ) -> Result<tonic::Response<RegistrationStatusResponse>, tonic::Status> {
+        let status = request.into_inner();
+        if status.plugin_registered {
+            tracing::info!("the kubelet registered the plugin");
+        } else {
+            tracing::error!("the kubelet refused the plugin: {}", status.error);
+        }
+        self.registered
+            .store(status.plugin_registered, Ordering::Relaxed);
+        Ok(tonic::Response::new(RegistrationStatusResponse {}))
+    }
+}
