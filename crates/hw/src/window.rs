@@ -225,6 +225,9 @@ impl SliceWindow {
     /// variants, clear messages): count == 0, count > MAX_COUNT, offset not aligned to width,
     /// offset + count*width overflowing or past the window.
     pub fn read(&self, offset: u64, count: u32, width: Width) -> Result<Vec<u64>, WindowError> {
+        // Checked before the buffer is allocated: a caller's count must never size memory
+        // before it is known to be in range.
+        self.check_access(offset, u64::from(count), width)?;
         let mut out = vec![0u64; count as usize];
         self.read_into(offset, width, &mut out)?;
         Ok(out)
@@ -412,6 +415,18 @@ mod tests {
 
     fn file_bytes(path: &Path, at: usize, len: usize) -> Vec<u8> {
         std::fs::read(path).unwrap()[at..at + len].to_vec()
+    }
+
+    #[test]
+    fn a_huge_count_is_refused_before_any_buffer_is_sized() {
+        let res = resource("huge", 4096);
+        let w = SliceWindow::open(&res.0, 0, 4096).unwrap();
+        // u32::MAX registers of 8 bytes would be 32 GiB: refused by the checks, not by the
+        // allocator (which would abort the process).
+        assert!(matches!(
+            w.read(0, u32::MAX, Width::U64),
+            Err(WindowError::TooManyRegisters { .. })
+        ));
     }
 
     #[test]
