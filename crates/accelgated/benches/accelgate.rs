@@ -206,6 +206,9 @@ pub struct Start<'a> {
 
 impl Start<'_> {
     pub fn daemon(&self) -> TestDaemon {
+        if let Err(e) = std::fs::create_dir_all(&self.dir) {
+            panic!("{}: {e}", self.dir.display());
+        }
         let wrapper = self.wrapper.clone().unwrap_or_else(|| {
             std::env::var("ACCELGATE_BENCH_WRAP")
                 .unwrap_or_default()
