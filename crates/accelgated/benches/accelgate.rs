@@ -6,7 +6,12 @@
 //! a lone absolute time means little. Prints a Markdown table (the README's "Performance"
 //! section keeps the current one) and writes target/accelgate-bench.json.
 //!
-//! Needs root (daemon, polkitd in a private mount namespace), dbus-daemon and polkitd.
+//! The processes come from the test harness (`accelgate_testkit`: private bus, polkitd,
+//! the daemon), started here with the release binary, the simulated host on tmpfs and, for
+//! profiling, a wrapper command.
+//!
+//! Needs root (daemon, polkitd in a private mount namespace), dbus-daemon and polkitd, and
+//! strace for item 8's check of which threads fsync.
 //! `ACCELGATE_BENCH_QUICK=1` runs every item with few samples, to check the harness;
 //! `ACCELGATE_BENCH_ONLY=5` (or `1,3`) runs only those items; `ACCELGATE_BENCH_WRAP=CMD` runs
 //! the daemon under CMD (e.g. `valgrind --tool=callgrind`) to profile it.
@@ -17,12 +22,12 @@ mod calls;
 mod concurrency;
 #[path = "accelgate/latency.rs"]
 mod latency;
-#[path = "accelgate/procs.rs"]
-mod procs;
 #[path = "accelgate/report.rs"]
 mod report;
 #[path = "accelgate/scale.rs"]
 mod scale;
+#[path = "accelgate/state.rs"]
+mod state;
 #[path = "accelgate/stats.rs"]
 mod stats;
 #[path = "accelgate/throughput.rs"]
@@ -35,7 +40,8 @@ use std::time::Instant;
 
 use serde_json::{Map, Value};
 
-use procs::{Bus, Daemon, DaemonSpec, Polkit};
+use accelgate_testkit::polkit::TestPolkit;
+use accelgate_testkit::{DaemonOptions, TestBus, TestDaemon};
 use report::Report;
 
 /// Errors of the harness: a message saying what failed.
@@ -52,6 +58,9 @@ struct Sizes {
     program_runs: usize,
     clients: usize,
     reads_per_client: usize,
+    assign_rounds: usize,
+    /// Scale hosts: (devices, VFs each).
+    scales: Vec<(u32, u32)>,
 }
 
 impl Sizes {
@@ -66,6 +75,8 @@ impl Sizes {
             program_runs: 3,
             clients: 64,
             reads_per_client: 1000,
+            assign_rounds: 300,
+            scales: vec![(64, 64), (256, 64)],
         }
     }
 
@@ -84,6 +95,8 @@ impl Sizes {
             program_runs: 1,
             clients: 8,
             reads_per_client: 20,
+            assign_rounds: 20,
+            scales: vec![(8, 8)],
         }
     }
 }
@@ -176,59 +189,105 @@ impl Drop for WorkDirs {
     }
 }
 
+/// How the benchmark starts one daemon: the release binary (the harness finds it beside the
+/// benchmark), quiet logs, the simulated host where `sim_dir` says (tmpfs), readiness timed.
+pub struct Start<'a> {
+    pub bus: &'a TestBus,
+    /// State and log go here.
+    pub dir: PathBuf,
+    pub policy: &'a Path,
+    pub sim_dir: PathBuf,
+    pub sim_spec: String,
+    pub unpaced: bool,
+    pub polkit: bool,
+    /// A command the daemon runs under; default from ACCELGATE_BENCH_WRAP.
+    pub wrapper: Option<Vec<String>>,
+}
+
+impl Start<'_> {
+    pub fn daemon(&self) -> TestDaemon {
+        if let Err(e) = std::fs::create_dir_all(&self.dir) {
+            panic!("{}: {e}", self.dir.display());
+        }
+        let wrapper = self.wrapper.clone().unwrap_or_else(|| {
+            std::env::var("ACCELGATE_BENCH_WRAP")
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect()
+        });
+        let mut extra_args = Vec::new();
+        if !wrapper.is_empty() {
+            // The seccomp allow-list is the daemon's, not a profiler's.
+            extra_args.push("--no-sandbox".to_owned());
+        }
+        let mut env = Vec::new();
+        if self.unpaced {
+            env.push((accelgate_sim::UNPACED_ENV.to_owned(), "1".to_owned()));
+        }
+        let options = DaemonOptions {
+            polkit: self.polkit,
+            extra_args,
+            sim_dir: Some(self.sim_dir.clone()),
+            sim_spec: Some(self.sim_spec.clone()),
+            env,
+            wrapper,
+            log_level: Some("warn".into()),
+            ready_timeout: Some(std::time::Duration::from_secs(300)),
+            precise_ready: true,
+        };
+        // The harness blocks while it waits; the runtime's other worker keeps the bench's
+        // connection going.
+        tokio::task::block_in_place(|| {
+            TestDaemon::start_with(self.bus, &self.dir, self.policy, options)
+        })
+    }
+}
+
+/// Stops a daemon and waits until its name is free.
+pub fn stop(mut daemon: TestDaemon) {
+    tokio::task::block_in_place(|| daemon.stop());
+}
+
 async fn run(dirs: &WorkDirs, sizes: &Sizes) -> Fallible<Report> {
     let mut report = Report::default();
-    let bus = Bus::start(&dirs.tmp)?;
+    let bus = TestBus::start(&dirs.tmp);
     let conn = zbus::connection::Builder::address(bus.address.as_str())
         .build()
         .await
         .map_err(|e| format!("bench connection: {e}"))?;
-    let _polkit = Polkit::start(&conn, &bus.address, &dirs.tmp).await?;
-    // With the polkit gate in the daemon, items 1, 3, 4 and 6 measure it without polkit (item
-    // 2 measures what polkit adds); without it, there is nothing to switch off.
-    let has_gate = procs::daemon_has_polkit_gate();
-    report.figure("polkit_gate_in_daemon", has_gate);
-    let no_polkit: &[&str] = if has_gate { &["--no-polkit"] } else { &[] };
+    let _polkit = tokio::task::block_in_place(|| TestPolkit::start(&bus, &dirs.tmp, &[]));
+    // Items 1, 3, 4 and 6–8 measure the daemon without polkit (item 2 measures what it adds).
     let policy = dirs.tmp.join("simulated.toml");
-    std::fs::copy(procs::repo_path("policy/simulated.toml"), &policy)
-        .map_err(|e| format!("policy/simulated.toml: {e}"))?;
-    let standard = |name: &str, unpaced: bool, extra_args: &'static [&'static str]| {
-        let (sim_dir, state_dir) = (
-            dirs.shm.join(format!("{name}-sim")),
-            dirs.tmp.join(format!("{name}-state")),
-        );
-        let (conn, address, policy) = (&conn, &bus.address, &policy);
-        async move {
-            let spec = DaemonSpec {
-                sim_spec: "standard",
-                policy,
-                sim_dir: &sim_dir,
-                state_dir: &state_dir,
-                unpaced,
-                extra_args,
-            };
-            Daemon::start(conn, address, &spec)
-                .await
-                .map(|d| (d, sim_dir))
-        }
+    std::fs::copy(
+        accelgate_testkit::repo_path("policy/simulated.toml"),
+        &policy,
+    )
+    .map_err(|e| format!("policy/simulated.toml: {e}"))?;
+    let standard = |name: &str, unpaced: bool, polkit: bool| Start {
+        bus: &bus,
+        dir: dirs.tmp.join(name),
+        policy: &policy,
+        sim_dir: dirs.shm.join(format!("{name}-sim")),
+        sim_spec: "standard".into(),
+        unpaced,
+        polkit,
+        wrapper: None,
     };
 
     // Daemon A: the standard host, uploads paced like hardware.
-    if [1, 2, 3, 4, 6].iter().any(|&i| sizes.runs(i)) {
-        let (a, sim_a) = standard("a", false, no_polkit).await?;
+    if [1, 3, 4, 6, 7, 8].iter().any(|&i| sizes.runs(i)) {
+        let start_a = standard("a", false, false);
+        let a = start_a.daemon();
         let mut read_p50 = f64::NAN;
         if sizes.runs(1) {
             eprintln!("[1] Read vs Ping");
             read_p50 = latency::read_vs_ping(&conn, sizes.read_pairs, &mut report).await?;
         }
-        if sizes.runs(2) && !has_gate {
-            eprintln!("[2] raw CheckAuthorization (the daemon has no polkit gate yet)");
-            latency::polkit(&conn, None, sizes.polkit_checks, &mut report).await?;
-        }
         if sizes.runs(3) {
             eprintln!("[3] batched Read, Map");
             latency::batched_read(&conn, sizes.batch_calls, read_p50, &mut report).await?;
-            latency::map_path(&conn, &sim_a, sizes.map_rounds, &mut report).await?;
+            latency::map_path(&conn, &start_a.sim_dir, sizes.map_rounds, &mut report).await?;
         }
         if sizes.runs(4) {
             eprintln!("[4] Program, paced simulator");
@@ -236,44 +295,63 @@ async fn run(dirs: &WorkDirs, sizes: &Sizes) -> Fallible<Report> {
             let rate = throughput::program_rate(&conn, &dirs.tmp, len, 1, 100).await?;
             throughput::report_paced(len, rate, &mut report);
         }
-        if sizes.runs(6) {
-            eprintln!("[6] concurrency");
+        if sizes.runs(6) || sizes.runs(7) {
+            eprintln!("[6, 7] concurrency");
             concurrency::run(
                 &bus.address,
                 &conn,
                 &dirs.tmp,
                 sizes.clients,
                 sizes.reads_per_client,
+                sizes.runs(6),
                 &mut report,
             )
             .await?;
         }
-        a.stop(&conn).await?;
+        if sizes.runs(8) {
+            eprintln!("[8] Assign + Release vs Read");
+            state::round_trips(&conn, sizes.assign_rounds, &mut report).await?;
+        }
+        stop(a);
     }
 
-    if sizes.runs(2) && has_gate {
+    if sizes.runs(8) {
+        eprintln!("[8] which threads fsync (the daemon under strace)");
+        let mut start_s = standard("s", false, false);
+        let trace = dirs.tmp.join("fsync.strace");
+        start_s.wrapper = Some(state::strace_wrapper(&trace));
+        let s = start_s.daemon();
+        let threads = state::fsync_threads(&conn, &s, &trace, sizes.assign_rounds / 4 + 5).await;
+        stop(s);
+        state::report_fsync_threads(&trace, threads?, &mut report)?;
+    }
+
+    if sizes.runs(2) {
         eprintln!("[2] Read with the polkit gate vs CheckAuthorization");
-        let (p, _) = standard("p", false, &[]).await?;
+        let p = standard("p", false, true).daemon();
         latency::polkit(&conn, Some(&conn), sizes.polkit_checks, &mut report).await?;
-        p.stop(&conn).await?;
+        stop(p);
     }
 
     if sizes.runs(4) {
         // Daemon B: the standard host with uploads at file speed.
         eprintln!("[4] Program and Flash, unpaced simulator, and dd + sha256sum");
-        let (b, sim_b) = standard("b", true, no_polkit).await?;
+        let start_b = standard("b", true, false);
+        let b = start_b.daemon();
         let (len, runs) = (sizes.program_len, sizes.program_runs);
         let rate = throughput::program_rate(&conn, &dirs.tmp, len, runs, 200).await?;
         let flash = throughput::flash_rate(&conn, &dirs.tmp, len, runs, 300).await?;
-        b.stop(&conn).await?;
-        let floor = throughput::dd_sha_rate(&dirs.tmp, &sim_b, len, runs)?;
+        stop(b);
+        let floor = throughput::dd_sha_rate(&dirs.tmp, &start_b.sim_dir, len, runs)?;
         let check = throughput::signature_check_time(&dirs.tmp, len)?.as_secs_f64();
         throughput::report_unpaced(len, rate, Some(flash), check, floor, &mut report);
     }
 
     if sizes.runs(5) {
-        eprintln!("[5] scale");
-        scale::run(&conn, &bus, &dirs.shm, &dirs.tmp, no_polkit, &mut report).await?;
+        for &(devices, vfs) in &sizes.scales {
+            eprintln!("[5] scale {devices}×{vfs}");
+            scale::run(&conn, &bus, &dirs.shm, &dirs.tmp, devices, vfs, &mut report).await?;
+        }
     }
     report.rows.sort_by_key(|r| r.item);
     Ok(report)

@@ -333,6 +333,36 @@ pub struct TestDaemon {
     pub polkit: bool,
     /// Further `accelgated` arguments (e.g. `--no-sandbox`).
     pub extra_args: Vec<String>,
+    /// The rest of how it was started (simulated host, environment, a wrapper command).
+    pub options: DaemonOptions,
+    /// From the last spawn until the daemon owned its name on the bus.
+    pub ready_after: Duration,
+}
+
+/// How to start the daemon beyond [`TestDaemon::start`]'s defaults; the benchmark uses these.
+#[derive(Debug, Clone, Default)]
+pub struct DaemonOptions {
+    /// The polkit gate on (needs polkitd on the bus).
+    pub polkit: bool,
+    /// Further `accelgated` arguments.
+    pub extra_args: Vec<String>,
+    /// Where the simulated host is built; default `<dir>/sim`. The benchmark puts it on tmpfs
+    /// (/dev/shm), as sysfs is in memory.
+    pub sim_dir: Option<PathBuf>,
+    /// `--simulate-spec` (e.g. `scale:64x64`); default the standard host.
+    pub sim_spec: Option<String>,
+    /// Further environment of the daemon (e.g. the simulator's unpaced switch).
+    pub env: Vec<(String, String)>,
+    /// A command the daemon runs under, e.g. `["valgrind", "--tool=massif"]` (pass
+    /// `--no-sandbox` too: the seccomp allow-list is the daemon's, not the wrapper's).
+    pub wrapper: Vec<String>,
+    /// `ACCELGATE_LOG`; default `info`.
+    pub log_level: Option<String>,
+    /// How long the daemon may take to own its name; default 20 s.
+    pub ready_timeout: Option<Duration>,
+    /// Wait for readiness over one bus connection polled every millisecond (the resolution of
+    /// a start-to-ready figure) instead of running busctl every 20 ms.
+    pub precise_ready: bool,
 }
 
 impl TestDaemon {
@@ -364,15 +394,33 @@ impl TestDaemon {
         polkit: bool,
         extra_args: &[&str],
     ) -> TestDaemon {
+        let options = DaemonOptions {
+            polkit,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            ..DaemonOptions::default()
+        };
+        TestDaemon::start_with(bus, dir, policy, options)
+    }
+
+    /// Starts the daemon as `options` say, with its state under `dir`, and waits until it
+    /// owns its name.
+    pub fn start_with(
+        bus: &TestBus,
+        dir: &Path,
+        policy: &Path,
+        options: DaemonOptions,
+    ) -> TestDaemon {
         let mut d = TestDaemon {
             child: None,
-            sim_dir: dir.join("sim"),
+            sim_dir: options.sim_dir.clone().unwrap_or_else(|| dir.join("sim")),
             state_dir: dir.join("state"),
             policy: policy.to_owned(),
             address: bus.address.clone(),
             log: dir.join("daemon.log"),
-            polkit,
-            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            polkit: options.polkit,
+            extra_args: options.extra_args.clone(),
+            options,
+            ready_after: Duration::ZERO,
         };
         d.spawn();
         d
@@ -384,9 +432,20 @@ impl TestDaemon {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(bin("accelgated"))
-            .arg("--simulate")
-            .arg(&self.sim_dir)
+        let mut cmd = match self.options.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin("accelgated"));
+                c
+            }
+            None => Command::new(bin("accelgated")),
+        };
+        cmd.arg("--simulate").arg(&self.sim_dir);
+        if let Some(spec) = &self.options.sim_spec {
+            cmd.args(["--simulate-spec", spec]);
+        }
+        let started = Instant::now();
+        let child = cmd
             .args(["--bus", &self.address])
             .arg("--policy")
             .arg(&self.policy)
@@ -394,13 +453,121 @@ impl TestDaemon {
             .arg(&self.state_dir)
             .args((!self.polkit).then_some("--no-polkit"))
             .args(&self.extra_args)
-            .env("ACCELGATE_LOG", "info")
+            .env(
+                "ACCELGATE_LOG",
+                self.options.log_level.as_deref().unwrap_or("info"),
+            )
+            .envs(self.options.env.iter().map(|(k, v)| (k, v)))
             .stderr(log)
             .stdout(Stdio::null())
+            .stdin(Stdio::null())
             .spawn()
             .expect("cannot start accelgated");
         self.child = Some(child);
-        self.wait_ready();
+        if self.options.precise_ready {
+            self.wait_owner_precisely(true);
+        } else {
+            self.wait_ready();
+        }
+        self.ready_after = started.elapsed();
+    }
+
+    /// Waits until the daemon's name is owned (`true`) or gone (`false`), asking the bus every
+    /// millisecond over one connection (made on a thread of its own, so this also works from
+    /// inside an async runtime).
+    fn wait_owner_precisely(&mut self, owned: bool) {
+        let timeout = self
+            .options
+            .ready_timeout
+            .unwrap_or(Duration::from_secs(20));
+        let address = self.address.clone();
+        let mut child = self.child.take();
+        let result = std::thread::scope(|s| {
+            s.spawn(|| -> Result<(), String> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                rt.block_on(async {
+                    let conn = zbus::connection::Builder::address(address.as_str())
+                        .build()
+                        .await
+                        .map_err(|e| format!("cannot connect to the test bus: {e}"))?;
+                    let dbus = zbus::fdo::DBusProxy::new(&conn)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let name =
+                        zbus::names::BusName::try_from(accelgate_client::proto::names::BUS_NAME)
+                            .map_err(|e| e.to_string())?;
+                    let deadline = Instant::now() + timeout;
+                    loop {
+                        let has = dbus
+                            .name_has_owner(name.clone())
+                            .await
+                            .map_err(|e| format!("NameHasOwner: {e}"))?;
+                        if has == owned {
+                            return Ok(());
+                        }
+                        if owned {
+                            if let Some(Ok(Some(status))) = child.as_mut().map(|c| c.try_wait()) {
+                                return Err(format!(
+                                    "accelgated exited with {status} before it was ready"
+                                ));
+                            }
+                        }
+                        if Instant::now() > deadline {
+                            return Err(format!(
+                                "accelgated's name owned={} after {timeout:?}",
+                                !owned
+                            ));
+                        }
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                })
+            })
+            .join()
+            .unwrap_or_else(|_| Err("the readiness thread panicked".into()))
+        });
+        self.child = child;
+        if let Err(e) = result {
+            panic!("{e}:\n{}", self.log_text());
+        }
+    }
+
+    /// (VmRSS, VmHWM) of the daemon process in bytes, from /proc/<pid>/status.
+    pub fn memory(&self) -> (u64, u64) {
+        let path = format!("/proc/{}/status", self.pid());
+        let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let kib = |field: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().strip_suffix("kB"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|k| k * 1024)
+                .unwrap_or_else(|| panic!("{path}: no {field}"))
+        };
+        (kib("VmRSS:"), kib("VmHWM:"))
+    }
+
+    /// SIGTERM (SIGKILL after 10 s), and waits until the daemon's name is gone from the bus,
+    /// so another daemon can take it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.wait_owner_precisely(false);
     }
 
     fn wait_ready(&mut self) {

@@ -9,8 +9,8 @@ use accelgate_client::proto::names::{
 };
 use zbus::{Connection, Variant};
 
-use super::procs::POLKIT_NAME;
 use super::Fallible;
+use accelgate_testkit::polkit::POLKIT_NAME;
 
 /// `org.freedesktop.DBus.Peer.Ping` to the daemon: the bus round trip with no work behind it.
 pub async fn ping(conn: &Connection) -> Fallible<Duration> {

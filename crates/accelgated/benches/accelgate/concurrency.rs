@@ -1,6 +1,9 @@
 //! Item 6: many clients reading at once, each on its own bus connection, without and with a
 //! long operation running on the same device: a firmware Flash of fpga0, then Program of
 //! fpga0/region1, each back to back at the simulated hardware's pace.
+//!
+//! Item 7: the same clients calling `Peer.Ping` on the daemon in the same shape, before and
+//! after the quiet Reads: the floor a Read's p99 under 64 clients is compared with.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -27,8 +30,22 @@ struct Phase {
     first_error: Option<String>,
 }
 
+/// What every client calls in a phase.
+#[derive(Clone, Copy)]
+enum Call {
+    /// One-register Read of fpga0/region0.
+    Read,
+    /// `Peer.Ping` on the daemon.
+    Ping,
+}
+
 /// `conns.len()` clients, each doing `reads` sequential one-register Reads of fpga0/region0.
 async fn phase(conns: &[Connection], reads: usize) -> Phase {
+    calls_phase(conns, reads, Call::Read).await
+}
+
+/// `conns.len()` clients, each making `reads` sequential calls of `call`.
+async fn calls_phase(conns: &[Connection], reads: usize, call: Call) -> Phase {
     let path = Arc::new(slice_path("fpga0", "region0"));
     let mut tasks = Vec::new();
     for conn in conns {
@@ -39,7 +56,11 @@ async fn phase(conns: &[Connection], reads: usize) -> Phase {
             let mut errors = 0usize;
             let mut first_error = None;
             for _ in 0..reads {
-                match calls::read_checked(&conn, &path, REGION0_ID).await {
+                let took = match call {
+                    Call::Read => calls::read_checked(&conn, &path, REGION0_ID).await,
+                    Call::Ping => calls::ping(&conn).await,
+                };
+                match took {
                     Ok(took) => samples.push(took),
                     Err(e) => {
                         errors += 1;
@@ -163,6 +184,7 @@ pub async fn run(
     work: &Path,
     clients: usize,
     reads: usize,
+    loaded_phases: bool,
     report: &mut Report,
 ) -> Fallible<()> {
     let mut conns = Vec::with_capacity(clients);
@@ -176,18 +198,28 @@ pub async fn run(
     }
     // Warm: every connection's caller entry is in the daemon's cache.
     phase(&conns, 5).await;
+    calls_phase(&conns, 5, Call::Ping).await;
 
-    // Quiet reads before and after the loaded phases, so drift in the machine's load evens out.
+    // Quiet reads before and after the loaded phases, and pings before and after those, so
+    // drift in the machine's load evens out.
+    let mut pings = calls_phase(&conns, reads / 2, Call::Ping).await;
     let mut quiet = phase(&conns, reads / 2).await;
     let mut loaded = Vec::new();
-    for kind in [Background::Flash, Background::Program] {
-        let (phase, done) = loaded_phase(&conns, control, work, reads, kind).await?;
-        loaded.push((kind, phase, done));
+    if loaded_phases {
+        for kind in [Background::Flash, Background::Program] {
+            let (phase, done) = loaded_phase(&conns, control, work, reads, kind).await?;
+            loaded.push((kind, phase, done));
+        }
     }
     let after = phase(&conns, reads - reads / 2).await;
     quiet.samples.extend(after.samples);
     quiet.errors += after.errors;
     quiet.first_error = quiet.first_error.or(after.first_error);
+    let pings_after = calls_phase(&conns, reads - reads / 2, Call::Ping).await;
+    pings.samples.extend(pings_after.samples);
+    pings.errors += pings_after.errors;
+    pings.first_error = pings.first_error.or(pings_after.first_error);
+    let (g50, g99) = (pings.samples.p50_us(), pings.samples.p99_us());
 
     let errors = quiet.errors + loaded.iter().map(|(_, p, _)| p.errors).sum::<usize>();
     let total = quiet.samples.len()
@@ -222,6 +254,24 @@ pub async fn run(
             verdict: Verdict::Info,
         },
     );
+    report.row(
+        7,
+        format!(
+            "{clients} clients × {reads} Reads p99 vs {clients} clients × {reads} Peer.Ping p99"
+        ),
+        format!("{} (p50 {})", us(q99), us(q50)),
+        format!("{} (p50 {})", us(g99), us(g50)),
+        Judgement {
+            ratio: Some(q99 / g99),
+            target: "≤ 1.5",
+            verdict: Verdict::of(q99 / g99 <= 1.5 && pings.errors == 0),
+        },
+    );
+    report.figure("concurrency_ping_p50_us", g50);
+    report.figure("concurrency_ping_p99_us", g99);
+    if let Some(e) = pings.first_error {
+        report.note(format!("first Ping error under {clients} clients: {e}"));
+    }
     report.figure("concurrency_clients", clients as u64);
     report.figure("concurrency_reads_per_client", reads as u64);
     report.figure("concurrency_errors", errors as u64);

@@ -105,7 +105,7 @@ pub fn write_signed(file: &Path, bytes: &[u8]) -> Fallible<Vec<u8>> {
     let out = Command::new("minisign")
         .arg("-S")
         .arg("-s")
-        .arg(super::procs::repo_path(DEMO_KEY))
+        .arg(accelgate_testkit::repo_path(DEMO_KEY))
         .arg("-m")
         .arg(file)
         .arg("-x")
@@ -226,7 +226,7 @@ pub fn signature_check_time(work: &Path, len: usize) -> Fallible<Duration> {
     let bytes = firmware_bytes("0.0.0", len, 9);
     let file = work.join("verify.bin");
     let signature = write_signed(&file, &bytes)?;
-    let public = std::fs::read_to_string(super::procs::repo_path(
+    let public = std::fs::read_to_string(accelgate_testkit::repo_path(
         "policy/demo-keys/accelgate-demo.pub",
     ))
     .map_err(|e| format!("demo public key: {e}"))?;

@@ -25,7 +25,7 @@ use super::firmware::{
 use super::gatekeeper::{Authorized, Decision, Request, RoleChecked};
 use super::image::{read_image, Image};
 use super::jobs::{Job, JobHandle, JobId, Jobs};
-use super::state::StateStore;
+use super::state::{persist, PersistentState, StateStore, StateWriter};
 use super::tenant::Tenant;
 
 /// Size of the all-zero image that blanks a region when it is released (the simulated regions,
@@ -70,7 +70,12 @@ pub struct Engine {
     policy_path: PathBuf,
     policy: RwLock<Arc<RolePolicy>>,
     devices: RwLock<BTreeMap<String, Arc<DeviceRt>>>,
-    state: Mutex<StateStore>,
+    /// The state in effect. Locked only briefly, never across a write of the state file.
+    state: Arc<Mutex<StateStore>>,
+    /// Held from preparing a state update until it is committed: one update at a time.
+    state_updates: Arc<tokio::sync::Mutex<()>>,
+    /// Persists state updates off the runtime's threads.
+    state_writer: StateWriter,
     audit: AuditLog,
     gates: Vec<Box<dyn Gate>>,
     jobs: Arc<Jobs>,
@@ -100,7 +105,9 @@ impl Engine {
             policy_path: parts.policy_path,
             policy: RwLock::new(Arc::new(parts.policy)),
             devices: RwLock::new(devices),
-            state: Mutex::new(parts.state),
+            state: Arc::new(Mutex::new(parts.state)),
+            state_updates: Default::default(),
+            state_writer: StateWriter::default(),
             audit: parts.audit,
             gates: parts.gates,
             busy_locks: Default::default(),
@@ -210,11 +217,36 @@ impl Engine {
     }
 
     /// Persists a change of state; a failure changes nothing and is reported as Failed.
-    fn update_state<R>(
+    ///
+    /// The file is written and fsync'd on the state writer thread while this waits, so no
+    /// thread of the runtime blocks on the disk; readers see the old state until the new one is
+    /// on disk. The update permit travels with the write and the writer commits, so a caller
+    /// that stops waiting leaves memory and file agreeing, and the next update starts from it.
+    async fn update_state<R>(
         &self,
-        change: impl FnOnce(&mut super::state::PersistentState) -> R,
+        change: impl FnOnce(&mut PersistentState) -> R,
     ) -> Result<R, CoreError> {
-        self.state().update(change).map_err(|e| {
+        let permit = self.state_updates.clone().lock_owned().await;
+        let (result, next, dir) = {
+            let st = self.state();
+            let (result, next) = st.prepare(change);
+            (result, next, st.dir().to_owned())
+        };
+        let Some(next) = next else {
+            return Ok(result);
+        };
+        let store = self.state.clone();
+        let written = self
+            .state_writer
+            .run(move || {
+                let _permit = permit;
+                persist(&dir, &next)?;
+                store.lock().unwrap_or_else(|p| p.into_inner()).commit(next);
+                Ok(())
+            })
+            .await
+            .and_then(|r| r);
+        written.map(|()| result).map_err(|e| {
             let e = CoreError::State(e);
             tracing::error!("{}", error_chain(&e));
             e
@@ -330,7 +362,8 @@ impl Engine {
         // Recorded before the fd leaves: the slice goes to no other tenant until the mapping
         // is revoked (see docs/security.md).
         if let Some(t) = tenant {
-            self.update_state(|st| st.slice_mut(d, s).mapped_by = Some(t))?;
+            self.update_state(|st| st.slice_mut(d, s).mapped_by = Some(t))
+                .await?;
         }
         std::fs::OpenOptions::new()
             .read(true)
@@ -358,25 +391,28 @@ impl Engine {
             auth.target().device().unwrap_or_default(),
             auth.target().slice().unwrap_or_default(),
         );
-        let changed = self.update_state(|st| {
-            let entry = st.slice_mut(d, s);
-            match &entry.tenant {
-                Some(t) if *t == tenant => Ok(false),
-                _ if entry.mapped_by.as_ref().is_some_and(|m| *m != tenant) => {
-                    Err(CoreError::Busy(format!(
-                        "{d}/{s} was mapped by its previous tenant and that mapping may still be \
-                         alive; recreate the device's VFs (SetVfCount to 0 and back) to revoke it"
-                    )))
-                }
-                Some(t) => Err(CoreError::Busy(format!(
+        let changed = self
+            .update_state(|st| {
+                let entry = st.slice_mut(d, s);
+                match &entry.tenant {
+                    Some(t) if *t == tenant => Ok(false),
+                    _ if entry.mapped_by.as_ref().is_some_and(|m| *m != tenant) => {
+                        Err(CoreError::Busy(format!(
+                            "{d}/{s} was mapped by its previous tenant and that mapping may still \
+                             be alive; recreate the device's VFs (SetVfCount to 0 and back) to \
+                             revoke it"
+                        )))
+                    }
+                    Some(t) => Err(CoreError::Busy(format!(
                     "{d}/{s} is assigned to {t}; release it before assigning it to someone else"
                 ))),
-                None => {
-                    entry.tenant = Some(tenant.clone());
-                    Ok(true)
+                    None => {
+                        entry.tenant = Some(tenant.clone());
+                        Ok(true)
+                    }
                 }
-            }
-        })??;
+            })
+            .await??;
         if changed {
             self.slice_changed(d, s);
         }
@@ -396,7 +432,8 @@ impl Engine {
             return Ok(());
         }
         self.scrub(d, s, &slice).await?;
-        self.update_state(|st| st.slice_mut(d, s).tenant = None)?;
+        self.update_state(|st| st.slice_mut(d, s).tenant = None)
+            .await?;
         self.slice_changed(d, s);
         Ok(())
     }
@@ -420,10 +457,12 @@ impl Engine {
                 let e = st.slice_mut(d, s);
                 e.image_sha256 = None;
                 e.image_in_flux = true;
-            })?;
+            })
+            .await?;
             let blank = vec![0u8; BLANK_IMAGE_SIZE];
             self.upload(loader, Arc::new(blank), None).await?;
-            self.update_state(|st| st.slice_mut(d, s).image_in_flux = false)?;
+            self.update_state(|st| st.slice_mut(d, s).image_in_flux = false)
+                .await?;
         }
         Ok(())
     }
@@ -510,7 +549,8 @@ impl Engine {
             let e = st.slice_mut(d, s);
             e.image_sha256 = None;
             e.image_in_flux = true;
-        })?;
+        })
+        .await?;
         self.slice_changed(d, s);
         let sha = image.sha256.clone();
         let result = self.upload(loader, Arc::new(image.bytes), Some(job)).await;
@@ -520,7 +560,8 @@ impl Engine {
             let e = st.slice_mut(d, s);
             e.image_in_flux = false;
             e.image_sha256 = loaded.then(|| sha.clone());
-        })?;
+        })
+        .await?;
         self.slice_changed(d, s);
         result.map(|()| format!("loaded image {sha} into {d}/{s}"))
     }
@@ -593,7 +634,8 @@ impl Engine {
         let _busy = self.claim(auth.target(), auth)?;
         if dev.num_vfs() == count {
             // Still record the wish, so a restart restores it.
-            self.update_state(|st| st.device_mut(&d).num_vfs = Some(count))?;
+            self.update_state(|st| st.device_mut(&d).num_vfs = Some(count))
+                .await?;
             return Ok(());
         }
         // The kernel only changes a non-zero VF count by going through zero, so then every VF
@@ -637,7 +679,8 @@ impl Engine {
                     st.slice_mut(&d, &s.id).mapped_by = None;
                 }
             }
-        })?;
+        })
+        .await?;
         self.apply_vf_count(&dev, count).await
     }
 
@@ -746,7 +789,8 @@ impl Engine {
             let e = st.device_mut(d);
             e.personality_sha256 = None;
             e.personality_in_flux = true;
-        })?;
+        })
+        .await?;
         self.device_changed(d);
         let sha = image.sha256.clone();
         let result = self.upload(loader, Arc::new(image.bytes), Some(job)).await;
@@ -755,7 +799,8 @@ impl Engine {
             let e = st.device_mut(d);
             e.personality_in_flux = false;
             e.personality_sha256 = loaded.then(|| sha.clone());
-        })?;
+        })
+        .await?;
         self.device_changed(d);
         result.map(|()| format!("loaded personality {sha} on {d}"))
     }
@@ -1052,7 +1097,9 @@ impl Engine {
             .collect();
         for d in devices {
             tracing::warn!("{d}: a personality load was interrupted; the personality is unknown");
-            let _ = self.update_state(|st| st.device_mut(&d).personality_in_flux = false);
+            let _ = self
+                .update_state(|st| st.device_mut(&d).personality_in_flux = false)
+                .await;
         }
     }
 

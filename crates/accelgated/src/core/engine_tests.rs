@@ -525,3 +525,31 @@ async fn program_rechecks_the_assignment_after_polkit() {
     );
     assert_eq!(outcome.unwrap_err().kind(), ErrorKind::NotAuthorized);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assign_is_persisted_by_the_writer_and_a_failed_write_changes_nothing() {
+    let r = rig("persist").await;
+    let operator = request(OPERATOR, &[OPERATORS]);
+    let state_file = r.dir.0.join("state/state.json");
+    r.engine
+        .assign(&operator, region0(), &format!("uid:{TENANT}"))
+        .await
+        .unwrap();
+    let on_disk = std::fs::read_to_string(&state_file).unwrap();
+    assert!(on_disk.contains("fpga0/region0"), "{on_disk}");
+    assert!(r.engine.slice_tenant("fpga0", "region0").is_some());
+
+    // The state directory is gone: the release's write fails, and memory keeps the tenant.
+    let backup = r.dir.0.join("state-moved");
+    std::fs::rename(r.dir.0.join("state"), &backup).unwrap();
+    let err = r.engine.release(&operator, region0()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Failed, "{err}");
+    assert!(r.engine.slice_tenant("fpga0", "region0").is_some());
+
+    // Back in place, the next update starts from the state that is in effect.
+    std::fs::rename(&backup, r.dir.0.join("state")).unwrap();
+    r.engine.release(&operator, region0()).await.unwrap();
+    assert!(r.engine.slice_tenant("fpga0", "region0").is_none());
+    let on_disk = std::fs::read_to_string(&state_file).unwrap();
+    assert!(!on_disk.contains("fpga0/region0"), "{on_disk}");
+}

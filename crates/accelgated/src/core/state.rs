@@ -3,12 +3,18 @@
 //! One JSON file, replaced atomically (write a temp file, fsync, rename, fsync the directory), so
 //! a daemon killed at any moment restarts from either the old or the new state, never a mix. An
 //! update that cannot be persisted changes nothing in memory either.
+//!
+//! The daemon writes the file on one thread of its own ([`StateWriter`]): an fsync can take
+//! milliseconds (seconds on a busy disk), and on a thread of the async runtime it would stall
+//! every request that thread serves meanwhile.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +33,8 @@ pub enum StateError {
     Version(PathBuf, u32),
     #[error("cannot write state under {0}")]
     Write(PathBuf, #[source] std::io::Error),
+    #[error("the state writer thread is not running")]
+    WriterGone(#[source] std::io::Error),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -151,39 +159,106 @@ impl StateStore {
     }
 
     /// Applies `change` to a copy, persists the copy, and only then makes it current.
+    #[cfg(test)]
     pub fn update<R>(
         &mut self,
         change: impl FnOnce(&mut PersistentState) -> R,
     ) -> Result<R, StateError> {
-        let mut next = self.current.clone();
-        let result = change(&mut next);
-        next.compact();
-        if next != self.current {
-            self.persist(&next)?;
-            self.current = next;
+        let (result, next) = self.prepare(change);
+        if let Some(next) = next {
+            persist(&self.dir, &next)?;
+            self.commit(next);
         }
         Ok(result)
     }
 
-    fn persist(&self, state: &PersistentState) -> Result<(), StateError> {
-        let err = |e| StateError::Write(self.dir.clone(), e);
-        let bytes = serde_json::to_vec_pretty(state).map_err(|e| err(std::io::Error::other(e)))?;
-        let tmp = self.dir.join(format!(".{STATE_FILE}.tmp"));
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(err)?;
-        f.write_all(&bytes).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        drop(f);
-        fs::rename(&tmp, self.dir.join(STATE_FILE)).map_err(err)?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(err)?;
-        Ok(())
+    /// Applies `change` to a copy of the current state: `change`'s result, and the copy when it
+    /// differs from the current state (then it must be persisted, then committed).
+    pub fn prepare<R>(
+        &self,
+        change: impl FnOnce(&mut PersistentState) -> R,
+    ) -> (R, Option<PersistentState>) {
+        let mut next = self.current.clone();
+        let result = change(&mut next);
+        next.compact();
+        let changed = next != self.current;
+        (result, changed.then_some(next))
+    }
+
+    /// Makes a persisted state current.
+    pub fn commit(&mut self, next: PersistentState) {
+        self.current = next;
+    }
+}
+
+/// Writes `state` as the state file under `dir`, atomically and durably.
+pub fn persist(dir: &Path, state: &PersistentState) -> Result<(), StateError> {
+    let err = |e| StateError::Write(dir.to_owned(), e);
+    let bytes = serde_json::to_vec_pretty(state).map_err(|e| err(std::io::Error::other(e)))?;
+    let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(&bytes).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    drop(f);
+    fs::rename(&tmp, dir.join(STATE_FILE)).map_err(err)?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+    Ok(())
+}
+
+/// Name of the writer thread (seen in /proc/<pid>/task/*/comm, at most 15 bytes).
+pub const WRITER_THREAD: &str = "accelgate-state";
+
+type WriteJob = Box<dyn FnOnce() + Send>;
+
+/// One thread that runs the daemon's state writes in order, off the async runtime. Started on
+/// first use; if it cannot be started, the write fails (and so changes nothing).
+#[derive(Default)]
+pub struct StateWriter {
+    queue: Mutex<Option<mpsc::Sender<WriteJob>>>,
+}
+
+impl StateWriter {
+    /// Runs `work` on the writer thread and waits (asynchronously) for its result.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, StateError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: WriteJob = Box::new(move || {
+            let _ = tx.send(work());
+        });
+        self.sender()?
+            .send(job)
+            .map_err(|_| StateError::WriterGone(std::io::Error::other("its queue is closed")))?;
+        rx.await.map_err(|_| {
+            StateError::WriterGone(std::io::Error::other("it stopped before answering"))
+        })
+    }
+
+    fn sender(&self) -> Result<mpsc::Sender<WriteJob>, StateError> {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = queue.as_ref() {
+            return Ok(tx.clone());
+        }
+        let (tx, rx) = mpsc::channel::<WriteJob>();
+        std::thread::Builder::new()
+            .name(WRITER_THREAD.to_owned())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    // A job that panics loses its answer (its caller sees WriterGone), not the
+                    // thread: later writes still run.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            })
+            .map_err(StateError::WriterGone)?;
+        *queue = Some(tx.clone());
+        Ok(tx)
     }
 }
 
@@ -229,6 +304,21 @@ mod tests {
         ));
         assert_eq!(fs::read(dir.join(STATE_FILE)).unwrap(), b"{not json");
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn writer_runs_jobs_on_its_own_thread_and_survives_a_panic() {
+        let writer = StateWriter::default();
+        let name = writer
+            .run(|| std::thread::current().name().map(str::to_owned))
+            .await
+            .unwrap();
+        assert_eq!(name.as_deref(), Some(WRITER_THREAD));
+        assert!(matches!(
+            writer.run(|| panic!("a failing write")).await,
+            Err(StateError::WriterGone(_))
+        ));
+        assert_eq!(writer.run(|| 7).await.unwrap(), 7);
     }
 
     #[test]

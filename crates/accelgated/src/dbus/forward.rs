@@ -7,11 +7,10 @@ use std::sync::Arc;
 
 use accelgate_proto::names::{device_path, job_path, slice_path, ROOT_PATH};
 use tokio::sync::{mpsc, oneshot};
-use zbus::fdo;
 
 use crate::core::{Event, EventSink, JobId};
 
-use super::objects::{DeviceObject, JobObject, ManagerObject, SliceObject};
+use super::objects::{DeviceObject, JobObject, ManagerObject, ObjectManager, SliceObject};
 use super::BusContext;
 
 enum Item {
@@ -107,8 +106,11 @@ async fn forward(ctx: &Arc<BusContext>, event: Event) {
         Event::JobStarted(id) => {
             let path = job_path(id.0);
             let obj = JobObject::new(ctx.clone(), id);
-            if let Err(e) = ctx.conn.object_server().at(path.as_str(), obj).await {
-                tracing::error!("cannot export job {id}: {e}");
+            match ctx.conn.object_server().at(path.as_str(), obj).await {
+                Ok(_) => {
+                    ctx.exported_jobs.lock().await.insert(id.0);
+                }
+                Err(e) => tracing::error!("cannot export job {id}: {e}"),
             }
         }
         Event::JobProgress(id) => {
@@ -135,6 +137,7 @@ async fn forward(ctx: &Arc<BusContext>, event: Event) {
             }
         }
         Event::JobRemoved(id) => {
+            ctx.exported_jobs.lock().await.remove(&id.0);
             let _ = ctx
                 .conn
                 .object_server()
@@ -160,10 +163,11 @@ async fn job_iface(
 async fn export_all(ctx: &Arc<BusContext>) {
     let server = ctx.conn.object_server();
     let _ = server.at(ROOT_PATH, ManagerObject::new(ctx.clone())).await;
-    // The ObjectManager goes in before the objects it manages: added after them, zbus would
-    // build every object's properties into one map at once to announce them (tens of MB at
-    // 4096 slices); added first, each object is announced as it is added.
-    let _ = server.at(ROOT_PATH, fdo::ObjectManager).await;
+    // The ObjectManager (ours: its GetManagedObjects writes the reply as it walks the objects)
+    // goes in before the objects it manages: added after them, zbus would build every object's
+    // properties into one map at once to announce them; added first, each object is announced
+    // as it is added.
+    let _ = server.at(ROOT_PATH, ObjectManager::new(ctx.clone())).await;
     let mut wanted = BTreeSet::new();
     for (d, dev) in ctx.engine.devices() {
         wanted.insert(device_path(&d));

@@ -35,6 +35,8 @@ pub struct BusContext {
     events: BusEvents,
     /// Object paths of the devices and slices on the bus now.
     exported: tokio::sync::Mutex<BTreeSet<String>>,
+    /// Numbers of the jobs on the bus now.
+    exported_jobs: tokio::sync::Mutex<BTreeSet<u64>>,
 }
 
 impl BusContext {
@@ -50,6 +52,7 @@ impl BusContext {
             callers,
             events,
             exported: Default::default(),
+            exported_jobs: Default::default(),
         })
     }
 

@@ -15,6 +15,9 @@ use super::errors::{check_option_keys, option_bool, option_bytes, Options};
 use super::BusContext;
 use crate::core::{JobId, Target};
 
+mod managed;
+pub use managed::ObjectManager;
+
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub struct ManagerObject {
