@@ -139,7 +139,9 @@ def test_discover_matches_the_daemons_inventory(configured):
         d, dep = by_slice["nic0_vf%d" % i]
         assert d is nic_dev
         [handle] = dep.attach_handle_list
-        assert pci(handle.attach_info) == "0000:5e:00.%d" % (1 + i)
+        # VF i at routing id offset + i * stride: 128 and 2 for nic0, as QEMU's igb.
+        devfn = 128 + 2 * i
+        assert pci(handle.attach_info) == "0000:5e:%02x.%d" % (devfn >> 3, devfn & 7)
         assert handle.in_use is expected_in_use["vf%d" % i]
 
     # Placement sees a slice change hands: the local tenant releases vf1, the operator gives it
