@@ -318,6 +318,7 @@ fn upload_steps(
     } else {
         Duration::ZERO
     };
+    let mut received = Received::default();
     let mut remaining = len;
     while remaining > 0 {
         if !pause.is_zero() {
@@ -334,8 +335,10 @@ fn upload_steps(
         }
         let done = len - remaining;
         let n = step.min(remaining);
-        if let Some(w) = slot_write.as_mut() {
-            w.write(done, &image[done as usize..(done + n) as usize])?;
+        let piece = &image[done as usize..(done + n) as usize];
+        match slot_write.as_mut() {
+            Some(w) => w.write(done, piece)?,
+            None => received.take(piece),
         }
         remaining -= n;
         write_atomic(&dir.join("remaining_size"), &format!("{remaining}\n"))?;
@@ -345,7 +348,7 @@ fn upload_steps(
     std::thread::sleep(MIN_PAUSE);
     match slot_write {
         Some(w) => w.finish()?,
-        None => apply_effect(shared, entry, image)?,
+        None => apply_effect(shared, entry, received.tag())?,
     }
     Ok(Outcome::Done)
 }
@@ -353,22 +356,44 @@ fn upload_steps(
 /// First 8 bytes of sha256(image) as a little-endian u64; None for an all-zero ("blank")
 /// image, which empties the target.
 pub fn image_tag(image: &[u8]) -> Option<u64> {
-    if image.iter().all(|&b| b == 0) {
-        return None;
-    }
-    let digest = Sha256::digest(image);
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    Some(u64::from_le_bytes(first))
+    let mut received = Received::default();
+    received.take(image);
+    received.tag()
 }
 
-fn apply_effect(shared: &Shared, entry: &FwEntrySpec, image: &[u8]) -> Result<(), SimError> {
+/// What a device has received of an upload so far: its digest and whether every byte was
+/// zero, taken piece by piece as the transfer goes (as a device computes it on the stream),
+/// not by a second pass over the whole image at the end.
+#[derive(Default)]
+struct Received {
+    sha: Sha256,
+    nonzero: bool,
+}
+
+impl Received {
+    fn take(&mut self, piece: &[u8]) {
+        self.sha.update(piece);
+        self.nonzero = self.nonzero || piece.iter().any(|&b| b != 0);
+    }
+
+    /// The image tag (see [`image_tag`]).
+    fn tag(self) -> Option<u64> {
+        if !self.nonzero {
+            return None;
+        }
+        let digest = self.sha.finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        Some(u64::from_le_bytes(first))
+    }
+}
+
+fn apply_effect(shared: &Shared, entry: &FwEntrySpec, loaded: Option<u64>) -> Result<(), SimError> {
     let tree = &shared.tree;
     let pf = tree
         .pf_by_bdf(&entry.bdf)
         .ok_or_else(|| SimError::InvalidSpec(entry.bdf.clone()))?;
     let bar = tree.function_dir(&pf.bdf).join("resource0");
-    let loaded = image_tag(image);
     let tag = loaded.unwrap_or(0);
     match entry.effect {
         FwEffect::Region(n) => {

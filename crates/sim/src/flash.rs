@@ -73,7 +73,7 @@ pub(crate) fn build(tree: &Tree, entry: &FwEntrySpec) -> Result<(), SimError> {
         let image = factory_image();
         let path = storage_path(&tree.root, &entry.name, Slot::A);
         std::fs::write(&path, &image).map_err(SimError::io(&path))?;
-        mark_valid(&dir, Slot::A, &image)?;
+        mark_valid(&dir, Slot::A, &hex(&Sha256::digest(&image)), &image)?;
         mark(&dir, Slot::B, "empty")?;
         let path = storage_path(&tree.root, &entry.name, Slot::B);
         std::fs::write(&path, b"").map_err(SimError::io(&path))?;
@@ -102,17 +102,17 @@ fn mark(dir: &Path, slot: Slot, state: &str) -> Result<(), SimError> {
     write_atomic(&attr(dir, slot, "sha256"), "\n")
 }
 
-fn mark_valid(dir: &Path, slot: Slot, image: &[u8]) -> Result<(), SimError> {
-    write_atomic(
-        &attr(dir, slot, "sha256"),
-        &format!("{}\n", hex(&Sha256::digest(image))),
-    )?;
+fn mark_valid(dir: &Path, slot: Slot, sha256: &str, head: &[u8]) -> Result<(), SimError> {
+    write_atomic(&attr(dir, slot, "sha256"), &format!("{sha256}\n"))?;
     write_atomic(
         &attr(dir, slot, "version"),
-        &format!("{}\n", image_version(image)),
+        &format!("{}\n", image_version(head)),
     )?;
     write_atomic(&attr(dir, slot, "state"), "valid\n")
 }
+
+/// Bytes read from a written slot to find its version line.
+const HEADER_PEEK: usize = 256;
 
 /// A write into the staging slot, in progress.
 pub(crate) struct SlotWrite {
@@ -120,6 +120,9 @@ pub(crate) struct SlotWrite {
     slot: Slot,
     file: std::fs::File,
     path: PathBuf,
+    /// The digest of what was written, taken as it was written while the writes came in
+    /// order (as a transfer does); None once one did not, and `finish` reads the slot back.
+    written: Option<(u64, Sha256)>,
 }
 
 impl SlotWrite {
@@ -132,12 +135,20 @@ impl SlotWrite {
         let slot = active.other();
         mark(&dir, slot, "writing")?;
         let path = storage_path(&tree.root, &entry.name, slot);
-        let file = std::fs::File::create(&path).map_err(SimError::io(&path))?;
+        // Read as well: `finish` reads the version line back.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(SimError::io(&path))?;
         Ok(SlotWrite {
             dir,
             slot,
             file,
             path,
+            written: Some((0, Sha256::new())),
         })
     }
 
@@ -145,13 +156,38 @@ impl SlotWrite {
         self.file
             .write_all_at(bytes, offset)
             .and_then(|()| self.file.flush())
-            .map_err(SimError::io(&self.path))
+            .map_err(SimError::io(&self.path))?;
+        self.written = match self.written.take() {
+            Some((end, mut sha)) if end == offset => {
+                sha.update(bytes);
+                Some((end + bytes.len() as u64, sha))
+            }
+            _ => None,
+        };
+        Ok(())
     }
 
-    /// Reads the slot back and publishes its digest and version: the slot is valid.
+    /// Publishes the slot's digest and version: the slot is valid.
     pub fn finish(self) -> Result<(), SimError> {
-        let back = std::fs::read(&self.path).map_err(SimError::io(&self.path))?;
-        mark_valid(&self.dir, self.slot, &back)
+        let digest = match self.written {
+            Some((_, sha)) => hex(&sha.finalize()),
+            None => {
+                let back = std::fs::read(&self.path).map_err(SimError::io(&self.path))?;
+                hex(&Sha256::digest(&back))
+            }
+        };
+        // The version is the image's first line: read that much, or all of it if the first
+        // line is longer than a version header can be.
+        let mut head = vec![0u8; HEADER_PEEK];
+        let n = self
+            .file
+            .read_at(&mut head, 0)
+            .map_err(SimError::io(&self.path))?;
+        head.truncate(n);
+        if n == HEADER_PEEK && !head.contains(&b'\n') {
+            head = std::fs::read(&self.path).map_err(SimError::io(&self.path))?;
+        }
+        mark_valid(&self.dir, self.slot, &digest, &head)
     }
 
     /// A cancelled or failed write leaves a slot that must not boot.

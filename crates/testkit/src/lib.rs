@@ -552,9 +552,12 @@ impl TestDaemon {
     /// SIGTERM (SIGKILL after 10 s), and waits until the daemon's name is gone from the bus,
     /// so another daemon can take it.
     pub fn stop(&mut self) {
+        let target = self.daemon_pid();
         if let Some(mut c) = self.child.take() {
+            // Under a wrapper that forks (strace), the daemon is its child: strace passes a
+            // SIGTERM on by detaching, and the daemon would run on without an owner.
             let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::unistd::Pid::from_raw(target as i32),
                 nix::sys::signal::Signal::SIGTERM,
             );
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -600,6 +603,21 @@ impl TestDaemon {
         self.child.as_ref().map(|c| c.id()).unwrap()
     }
 
+    /// The daemon's own pid: the started process's, or under a wrapper that runs the daemon
+    /// as its child (strace; valgrind runs it in place), that child's.
+    pub fn daemon_pid(&self) -> u32 {
+        let Some(pid) = self.child.as_ref().map(|c| c.id()) else {
+            return 0;
+        };
+        if self.options.wrapper.is_empty() {
+            return pid;
+        }
+        fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .ok()
+            .and_then(|c| c.split_whitespace().next().and_then(|p| p.parse().ok()))
+            .unwrap_or(pid)
+    }
+
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -630,9 +648,10 @@ impl TestDaemon {
 
 impl Drop for TestDaemon {
     fn drop(&mut self) {
+        let target = self.daemon_pid();
         if let Some(mut c) = self.child.take() {
             let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::unistd::Pid::from_raw(target as i32),
                 nix::sys::signal::Signal::SIGTERM,
             );
             let deadline = Instant::now() + Duration::from_secs(5);

@@ -112,14 +112,10 @@ pub async fn fsync_threads(
         assign_release(conn, &path).await?;
     }
     // The harness's child is strace; the daemon is strace's child.
-    let strace = traced.pid();
-    let children = std::fs::read_to_string(format!("/proc/{strace}/task/{strace}/children"))
-        .map_err(|e| format!("children of strace ({strace}): {e}"))?;
-    let daemon: u32 = children
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
-        .ok_or_else(|| format!("strace has no child; trace {}", trace.display()))?;
+    let daemon = traced.daemon_pid();
+    if daemon == traced.pid() {
+        return Err(format!("strace has no child; trace {}", trace.display()));
+    }
     let mut names = BTreeMap::new();
     let tasks = std::fs::read_dir(format!("/proc/{daemon}/task")).map_err(|e| e.to_string())?;
     for task in tasks.flatten() {

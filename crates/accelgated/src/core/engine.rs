@@ -19,11 +19,11 @@ use super::devices::{vf_index, DeviceRt, SliceRt};
 use super::error::{error_chain, CoreError};
 use super::events::{Event, EventSink};
 use super::firmware::{
-    image_version, open_backend, recover_interrupted, run_flash, verify_image, FirmwareRecords,
-    FlashError, FlashRequest,
+    image_version, open_backend, recover_interrupted, run_flash, FirmwareRecords, FlashError,
+    FlashRequest, SignatureCheck,
 };
 use super::gatekeeper::{Authorized, Decision, Request, RoleChecked};
-use super::image::{read_image, Image};
+use super::image::{read_image_with, Image};
 use super::jobs::{Job, JobHandle, JobId, Jobs};
 use super::state::{persist, PersistentState, StateStore, StateWriter};
 use super::tenant::Tenant;
@@ -831,17 +831,14 @@ impl Engine {
                 CoreError::Locked(format!("firmware of {d} is locked by policy")),
             ));
         }
-        let image = self.take_image(auth, fd, dev.policy.max_image_size).await?;
-        // Verification hashes the whole image (BLAKE2b): keep it off the runtime's threads.
-        let (image, verified) = {
-            let policy = fw.clone();
-            tokio::task::spawn_blocking(move || {
-                let verified = verify_image(&image.bytes, signature.as_deref(), &policy);
-                (image, verified)
+        // The signature's hash (BLAKE2b) runs beside the read and its SHA-256, on the bytes as
+        // they arrive: one pass over the image, two cores.
+        let check = SignatureCheck::prepare(signature.as_deref(), &fw);
+        let (image, verified) = self
+            .take_image_with(auth, fd, dev.policy.max_image_size, move |pieces| {
+                check.run(pieces)
             })
-            .await
-            .map_err(CoreError::Task)?
-        };
+            .await?;
         let verified = verified.map_err(|e| {
             self.deny_by_limit(
                 auth,
@@ -989,8 +986,27 @@ impl Engine {
         fd: OwnedFd,
         limit: u64,
     ) -> Result<Image, CoreError> {
+        self.take_image_with(checked, fd, limit, |_| ())
+            .await
+            .map(|(image, ())| image)
+    }
+
+    /// Reads the caller's image within the image budget, hashing it in the same pass and
+    /// handing its bytes, as they arrive, to `side` on a thread of its own (see
+    /// [`read_image_with`]).
+    async fn take_image_with<T, F>(
+        &self,
+        checked: &RoleChecked,
+        fd: OwnedFd,
+        limit: u64,
+        side: F,
+    ) -> Result<(Image, T), CoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn Iterator<Item = &[u8]>) -> T + Send + 'static,
+    {
         // Reserve the bytes before reading any: the size is what the fd says now, and the
-        // read never takes more than that (a file grown meanwhile is refused as too large).
+        // read never takes more than that (a file grown meanwhile is refused).
         let size = nix::sys::stat::fstat(&fd)
             .map(|st| u64::try_from(st.st_size).unwrap_or(0))
             .unwrap_or(0);
@@ -999,12 +1015,20 @@ impl Engine {
             .image_budget
             .reserve(checked.caller().uid, limit)
             .map_err(|e| self.deny_by_limit(checked, CoreError::Busy(e.to_string())))?;
-        let read = tokio::task::spawn_blocking(move || read_image(&fd, limit))
+        let read = tokio::task::spawn_blocking(move || read_image_with(&fd, limit, Some(side)))
             .await
             .map_err(CoreError::Task)?;
-        let mut image = read.map_err(|e| self.deny_by_limit(checked, CoreError::Image(e)))?;
+        let (mut image, side_result) =
+            read.map_err(|e| self.deny_by_limit(checked, CoreError::Image(e)))?;
+        // The side consumer ran to the end unless it panicked: fail closed then.
+        let side_result = side_result.ok_or_else(|| {
+            self.deny_by_limit(
+                checked,
+                CoreError::Failed("the image's second reader stopped".into()),
+            )
+        })?;
         image.reservation = Some(reservation);
-        Ok(image)
+        Ok((image, side_result))
     }
 
     // ---------------------------------------------------------------- policy

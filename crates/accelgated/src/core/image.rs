@@ -21,6 +21,8 @@ pub enum ImageError {
     Unsealed,
     #[error("image is larger than the limit of {limit} bytes")]
     TooLarge { limit: u64 },
+    #[error("image grew past the {size} bytes it had when it was opened, while it was read")]
+    Grew { size: u64 },
     #[error("image is empty")]
     Empty,
     #[error("cannot read image")]
@@ -39,6 +41,27 @@ pub struct Image {
 /// Reads the image behind `fd`, refusing anything but a regular file or a sealed memfd, and
 /// anything over `limit` bytes. Blocking: call from a blocking thread.
 pub fn read_image(fd: &OwnedFd, limit: u64) -> Result<Image, ImageError> {
+    read_image_with(fd, limit, None::<fn(&mut dyn Iterator<Item = &[u8]>)>).map(|(image, _)| image)
+}
+
+/// How much is read (and SHA-256-hashed) at a time: small enough that the hash finds the bytes
+/// still in the CPU's cache, large enough that the syscalls do not count.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// [`read_image`], hashing each piece as it is read (one pass over the bytes, not a read and
+/// then a hash), and handing each piece, in order, to `side` — another consumer of the bytes,
+/// such as a signature check — on a thread of its own, so the two hashes run side by side.
+/// Returns what `side` returned; on a read error `side` still sees a prefix and its result is
+/// dropped.
+pub fn read_image_with<T, F>(
+    fd: &OwnedFd,
+    limit: u64,
+    side: Option<F>,
+) -> Result<(Image, Option<T>), ImageError>
+where
+    T: Send,
+    F: FnOnce(&mut dyn Iterator<Item = &[u8]>) -> T + Send,
+{
     let st = fstat(fd.as_fd()).map_err(ImageError::Read)?;
     let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
     if kind != SFlag::S_IFREG {
@@ -56,42 +79,68 @@ pub fn read_image(fd: &OwnedFd, limit: u64) -> Result<Image, ImageError> {
         Err(Errno::EINVAL) => {}
         Err(e) => return Err(ImageError::Read(e)),
     }
-    if u64::try_from(st.st_size).unwrap_or(u64::MAX) > limit {
+    let size = u64::try_from(st.st_size).unwrap_or(u64::MAX);
+    if size > limit {
         return Err(ImageError::TooLarge { limit });
     }
-    // Read up to limit + 1 bytes: an unsealed regular file may grow after fstat.
-    let cap = usize::try_from(limit.saturating_add(1)).unwrap_or(usize::MAX);
-    let mut bytes = vec![0u8; cap.min(usize::try_from(st.st_size).unwrap_or(0) + 1)];
-    let mut filled = 0usize;
-    loop {
-        if filled == bytes.len() {
-            if bytes.len() >= cap {
-                break;
+    // One byte more than fstat said: an unsealed regular file may grow while it is read, and
+    // a read that fills this byte saw it grow. The buffer never moves, so the pieces handed to
+    // `side` stay valid while the rest is read.
+    let cap = usize::try_from(size)
+        .ok()
+        .and_then(|n| n.checked_add(1))
+        .ok_or(ImageError::TooLarge { limit })?;
+    let mut bytes = vec![0u8; cap];
+    let mut sha = Sha256::new();
+    let (filled, side_result) = std::thread::scope(|scope| {
+        let (pieces, received) = std::sync::mpsc::channel::<&[u8]>();
+        let consumer = side.map(|f| scope.spawn(move || f(&mut received.into_iter())));
+        let mut rest: &mut [u8] = &mut bytes;
+        let mut filled = 0usize;
+        let outcome = loop {
+            if rest.is_empty() {
+                break Ok(());
             }
-            let grown = (bytes.len() * 2).clamp(4096, cap);
-            bytes.resize(grown, 0);
-        }
-        let offset = i64::try_from(filled).map_err(|_| ImageError::TooLarge { limit })?;
-        match pread(fd.as_fd(), &mut bytes[filled..], offset) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(ImageError::Read(e)),
-        }
-    }
-    if filled as u64 > limit {
-        return Err(ImageError::TooLarge { limit });
+            let want = rest.len().min(READ_CHUNK);
+            let Ok(offset) = i64::try_from(filled) else {
+                break Err(ImageError::TooLarge { limit });
+            };
+            match pread(fd.as_fd(), &mut rest[..want], offset) {
+                Ok(0) => break Ok(()),
+                Ok(n) => {
+                    let (done, tail) = std::mem::take(&mut rest).split_at_mut(n);
+                    let done: &[u8] = done;
+                    sha.update(done);
+                    // A consumer that stopped early no longer needs the pieces.
+                    let _ = pieces.send(done);
+                    rest = tail;
+                    filled += n;
+                }
+                Err(Errno::EINTR) => continue,
+                Err(e) => break Err(ImageError::Read(e)),
+            }
+        };
+        drop(pieces);
+        let side_result = consumer.and_then(|c| c.join().ok());
+        outcome.map(|()| (filled, side_result))
+    })?;
+    if filled as u64 > size {
+        return Err(ImageError::Grew { size });
     }
     if filled == 0 {
         return Err(ImageError::Empty);
     }
+    // Shorter than fstat said if an unsealed file shrank meanwhile: what was hashed is kept.
     bytes.truncate(filled);
-    let sha256 = sha256_hex(&bytes);
-    Ok(Image {
-        bytes,
-        sha256,
-        reservation: None,
-    })
+    let sha256 = hex(&sha.finalize());
+    Ok((
+        Image {
+            bytes,
+            sha256,
+            reservation: None,
+        },
+        side_result,
+    ))
 }
 
 /// Lowercase hex sha256.
@@ -148,6 +197,33 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn the_second_reader_sees_every_byte_in_order_and_the_hash_is_taken_in_the_same_pass() {
+        let bytes: Vec<u8> = (0..(READ_CHUNK * 2 + 12_345))
+            .map(|i| (i * 7 + i / 4096) as u8)
+            .collect();
+        let (path, f) = temp_file(&bytes);
+        let (img, seen) = read_image_with(
+            &OwnedFd::from(f),
+            bytes.len() as u64,
+            Some(|pieces: &mut dyn Iterator<Item = &[u8]>| {
+                let mut seen = Vec::new();
+                let mut count = 0;
+                for p in pieces {
+                    seen.extend_from_slice(p);
+                    count += 1;
+                }
+                (seen, count)
+            }),
+        )
+        .unwrap();
+        std::fs::remove_file(path).unwrap();
+        let (seen, pieces) = seen.unwrap();
+        assert!(pieces >= 3, "{pieces} pieces");
+        assert!(seen == bytes && img.bytes == bytes);
+        assert_eq!(img.sha256, sha256_hex(&bytes));
     }
 
     #[test]

@@ -21,4 +21,4 @@ pub use accelgate_hw::slot::{image_version, FirmwareStatus, Slot, SlotInfo};
 pub use backend::{open_backend, BackendError, Fault, FirmwareBackend};
 pub use flash::{recover_interrupted, run_flash, FlashError, FlashRequest};
 pub use record::{FirmwareRecords, LastResult, Outcome};
-pub use verify::{verify_image, Verified, VerifyError};
+pub use verify::{verify_image, SignatureCheck, Verified, VerifyError};

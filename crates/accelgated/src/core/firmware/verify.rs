@@ -49,42 +49,101 @@ pub fn verify_image(
     signature: Option<&[u8]>,
     policy: &FirmwarePolicy,
 ) -> Result<Verified, VerifyError> {
-    let Some(signature) = signature else {
-        return if policy.allow_unsigned {
-            Ok(Verified::UnsignedAllowed)
-        } else {
-            Err(VerifyError::Unsigned)
+    SignatureCheck::prepare(signature, policy).run(std::iter::once(image))
+}
+
+/// A signature check made ready before the image is read, so that it can hash the image's
+/// bytes as they arrive — on a thread of its own, while the daemon reads and SHA-256-hashes
+/// them — instead of in a second pass over the whole image afterwards (minisign's BLAKE2b is
+/// the slowest of the hashes a flash makes).
+pub enum SignatureCheck {
+    /// Decided without the image's bytes: no signature (allowed or not), or one that cannot
+    /// match any of the device's keys.
+    Decided(Result<Verified, VerifyError>),
+    /// A signature by this device key, to be checked against the bytes.
+    Pending {
+        key: Box<PublicKey>,
+        key_id: String,
+        signature: Box<Signature>,
+    },
+}
+
+impl SignatureCheck {
+    /// Decodes the signature and picks the device key that made it (by key id).
+    pub fn prepare(signature: Option<&[u8]>, policy: &FirmwarePolicy) -> SignatureCheck {
+        let decided = |r| SignatureCheck::Decided(r);
+        let Some(signature) = signature else {
+            return decided(if policy.allow_unsigned {
+                Ok(Verified::UnsignedAllowed)
+            } else {
+                Err(VerifyError::Unsigned)
+            });
         };
-    };
-    if signature.len() > MAX_SIGNATURE_LEN {
-        return Err(VerifyError::Malformed("too long".into()));
-    }
-    let text = std::str::from_utf8(signature)
-        .map_err(|_| VerifyError::Malformed("not UTF-8 text".into()))?;
-    let signature = Signature::decode(text).map_err(|e| VerifyError::Malformed(e.to_string()))?;
-    // Keys were validated when the policy was loaded; one that still fails to decode is
-    // skipped rather than trusted.
-    let keys: Vec<PublicKey> = policy
-        .keys
-        .iter()
-        .filter_map(|k| PublicKey::from_base64(k).ok())
-        .collect();
-    if keys.is_empty() {
-        return Err(VerifyError::NoKeys);
-    }
-    let mut outcome = Err(VerifyError::UnknownKey);
-    for (key, text) in keys.iter().zip(&policy.keys) {
-        match key.verify(image, &signature, false) {
-            Ok(()) => {
-                return Ok(Verified::Signed {
-                    key_id: key_id_hex(text),
-                })
+        if signature.len() > MAX_SIGNATURE_LEN {
+            return decided(Err(VerifyError::Malformed("too long".into())));
+        }
+        let Ok(text) = std::str::from_utf8(signature) else {
+            return decided(Err(VerifyError::Malformed("not UTF-8 text".into())));
+        };
+        let signature = match Signature::decode(text) {
+            Ok(s) => s,
+            Err(e) => return decided(Err(VerifyError::Malformed(e.to_string()))),
+        };
+        // Keys were validated when the policy was loaded; one that still fails to decode is
+        // skipped rather than trusted.
+        let keys: Vec<(PublicKey, &String)> = policy
+            .keys
+            .iter()
+            .filter_map(|k| PublicKey::from_base64(k).ok().map(|key| (key, k)))
+            .collect();
+        if keys.is_empty() {
+            return decided(Err(VerifyError::NoKeys));
+        }
+        let mut outcome = Err(VerifyError::UnknownKey);
+        for (key, text) in keys {
+            match key.verify_stream(&signature).map(drop) {
+                Ok(()) => {
+                    return SignatureCheck::Pending {
+                        key: Box::new(key),
+                        key_id: key_id_hex(text),
+                        signature: Box::new(signature),
+                    }
+                }
+                Err(minisign_verify::Error::UnexpectedKeyId) => {}
+                // A legacy (not prehashed) signature by this key: refused, as before.
+                Err(_) => outcome = Err(VerifyError::BadSignature),
             }
-            Err(minisign_verify::Error::UnexpectedKeyId) => {}
-            Err(_) => outcome = Err(VerifyError::BadSignature),
+        }
+        decided(outcome)
+    }
+
+    /// Whether the verdict still needs the image's bytes.
+    pub fn needs_bytes(&self) -> bool {
+        matches!(self, SignatureCheck::Pending { .. })
+    }
+
+    /// Feeds the image's bytes, in order, and gives the verdict.
+    pub fn run<'a>(self, chunks: impl Iterator<Item = &'a [u8]>) -> Result<Verified, VerifyError> {
+        match self {
+            SignatureCheck::Decided(verdict) => verdict,
+            SignatureCheck::Pending {
+                key,
+                key_id,
+                signature,
+            } => {
+                let mut stream = key
+                    .verify_stream(&signature)
+                    .map_err(|_| VerifyError::BadSignature)?;
+                for chunk in chunks {
+                    stream.update(chunk);
+                }
+                stream
+                    .finalize()
+                    .map(|()| Verified::Signed { key_id })
+                    .map_err(|_| VerifyError::BadSignature)
+            }
         }
     }
-    outcome
 }
 
 /// The minisign key id of a base64 public key (bytes 2..10, shown little-endian as minisign
@@ -194,6 +253,30 @@ mod tests {
             verify_image(IMAGE, None, &policy(&[KEY], true)),
             Ok(Verified::UnsignedAllowed)
         );
+    }
+
+    #[test]
+    fn a_check_fed_in_pieces_decides_like_one_over_the_whole_image() {
+        let p = policy(&[OTHER_KEY, KEY], false);
+        let check = SignatureCheck::prepare(Some(SIG.as_bytes()), &p);
+        assert!(check.needs_bytes());
+        assert!(matches!(
+            check.run(IMAGE.chunks(5)),
+            Ok(Verified::Signed { .. })
+        ));
+        let mut changed = IMAGE.to_vec();
+        changed[20] ^= 1;
+        assert_eq!(
+            SignatureCheck::prepare(Some(SIG.as_bytes()), &p).run(changed.chunks(7)),
+            Err(VerifyError::BadSignature)
+        );
+        // Pieces missing at the end are a different image.
+        assert_eq!(
+            SignatureCheck::prepare(Some(SIG.as_bytes()), &p).run(IMAGE.chunks(5).take(2)),
+            Err(VerifyError::BadSignature)
+        );
+        let unknown = SignatureCheck::prepare(Some(SIG.as_bytes()), &policy(&[OTHER_KEY], false));
+        assert!(!unknown.needs_bytes());
     }
 
     #[test]
