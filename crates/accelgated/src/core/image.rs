@@ -7,6 +7,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 
+use accelgate_hw::digest::hex;
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::stat::{fstat, SFlag};
@@ -143,22 +144,6 @@ where
     ))
 }
 
-/// Lowercase hex sha256.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-/// Lowercase hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
-
 fn file_kind_name(kind: SFlag) -> &'static str {
     match kind {
         SFlag::S_IFIFO => "a FIFO",
@@ -223,7 +208,7 @@ mod tests {
         let (seen, pieces) = seen.unwrap();
         assert!(pieces >= 3, "{pieces} pieces");
         assert!(seen == bytes && img.bytes == bytes);
-        assert_eq!(img.sha256, sha256_hex(&bytes));
+        assert_eq!(img.sha256, accelgate_hw::digest::sha256_hex(&bytes));
     }
 
     #[test]
