@@ -453,33 +453,123 @@ fn second_flash_is_busy_reads_continue_and_cancel_keeps_old_firmware() {
     assert_eq!(s.device_prop("FirmwareVersion"), "2.0.0");
 }
 
+/// Where a flash stood when the daemon (and the simulator inside it) was killed, read from
+/// the simulated device after the kill, before the restart repairs anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum FlashPhase {
+    /// Nothing written to the staging slot yet (upload received, preparing).
+    BeforeTransfer,
+    /// The staging slot partly written.
+    Transferring,
+    /// The staging slot written and checked, the boot slot not switched yet.
+    Written,
+    /// The boot slot switched to the new image.
+    Switched,
+}
+
+/// When to kill: as soon as the simulated device shows this.
+#[derive(Debug, Clone, Copy)]
+enum KillAt {
+    /// At once after the flash was accepted.
+    Accepted,
+    /// During the transfer, once no more than this share of the image is left to write.
+    Remaining(f64),
+    /// Once the boot slot has switched.
+    AfterSwitch,
+}
+
+fn upload_attr(sim: &Path, name: &str) -> String {
+    fs::read_to_string(sim.join("sys/class/firmware/fpga0-flash").join(name))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+fn flash_phase(sim: &Path, old: &Hardware, new_sha: &str) -> FlashPhase {
+    let hw = Hardware::read(sim);
+    if hw.active != old.active {
+        return FlashPhase::Switched;
+    }
+    let staging = if old.active == "a" { "b" } else { "a" };
+    let staging_sha = if staging == "a" {
+        &hw.slot_a_sha
+    } else {
+        &hw.slot_b_sha
+    };
+    if staging_sha == new_sha {
+        return FlashPhase::Written;
+    }
+    // The simulator empties the staging slot when it starts writing it.
+    let written = fs::metadata(sim.join(format!("flash/fpga0-flash/slot-{staging}.bin")))
+        .unwrap()
+        .len();
+    if hw.attr(&format!("slot_{staging}_state")) == "writing" && written > 0 {
+        FlashPhase::Transferring
+    } else {
+        FlashPhase::BeforeTransfer
+    }
+}
+
+/// Kills land where the simulated device says the flash is (not at guessed times), so every
+/// phase is hit however loaded the machine is; each kill's phase is read back from the device
+/// after the kill, and each phase must have been hit.
 #[test]
 fn sigkill_at_any_point_leaves_old_or_new_firmware_and_says_so() {
     let mut s = Setup::new("fw-kill", |p| p);
-    // One full flash to measure how long the whole operation takes.
-    let first = fw_image("2.0.0", KILL_IMAGE_LEN);
-    let (_, sig) = s.signed("fw-first.bin", &first, &s.key);
-    let t = Instant::now();
-    let job = s.start_flash(&first, &sig);
-    assert_eq!(s.wait_job_end(&job), "succeeded");
-    let full = t.elapsed();
-    eprintln!("full flash of {KILL_IMAGE_LEN} bytes: {full:?}");
-
-    let points = 22;
+    let len = KILL_IMAGE_LEN as f64;
+    let targets = [
+        KillAt::Accepted,
+        KillAt::Remaining(0.95),
+        KillAt::Remaining(0.7),
+        KillAt::Remaining(0.4),
+        KillAt::Remaining(0.1),
+        KillAt::AfterSwitch,
+        KillAt::Accepted,
+        KillAt::Remaining(0.5),
+        KillAt::AfterSwitch,
+    ];
     let (mut kept_old, mut got_new) = (0, 0);
+    let mut phases = std::collections::BTreeMap::<FlashPhase, usize>::new();
     let mut previous_result = s.device_prop("FirmwareLastResult");
-    for i in 0..points {
+    for (i, target) in targets.iter().enumerate() {
         let old = s.hw();
         let version = format!("3.0.{i}");
         let image = fw_image(&version, KILL_IMAGE_LEN);
         let new_sha = sha256_hex(&image);
         let (_, sig) = s.signed(&format!("fw-{i}.bin"), &image, &s.key);
-        // Spread over the whole flash, a little past its end.
-        let at = full.mul_f64((i as f64 + 0.5) / (points as f64 - 2.0));
-        let t = Instant::now();
         s.start_flash(&image, &sig);
-        std::thread::sleep(at.saturating_sub(t.elapsed()));
+        let sim = s.daemon.sim_dir.clone();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let reached = match target {
+                KillAt::Accepted => true,
+                KillAt::Remaining(share) => {
+                    upload_attr(&sim, "status") == "transferring"
+                        && upload_attr(&sim, "remaining_size")
+                            .parse::<f64>()
+                            .is_ok_and(|left| left <= share * len)
+                }
+                KillAt::AfterSwitch => {
+                    fs::read_to_string(sim.join(format!(
+                        "sys/bus/pci/devices/{FPGA_BDF}/fw_slots/active_slot"
+                    )))
+                    .unwrap()
+                    .trim()
+                        != old.active
+                }
+            };
+            if reached {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kill {i}: {target:?} never reached"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
         s.daemon.kill();
+        let phase = flash_phase(&sim, &old, &new_sha);
+        *phases.entry(phase).or_default() += 1;
         s.daemon.restart();
 
         let hw = s.hw();
@@ -494,9 +584,14 @@ fn sigkill_at_any_point_leaves_old_or_new_firmware_and_says_so() {
             assert_eq!(active_version, version);
             assert!(
                 result.starts_with("succeeded"),
-                "kill {i} at {at:?}: {result}"
+                "kill {i} ({phase:?}): {result}"
             );
         } else {
+            assert_ne!(
+                phase,
+                FlashPhase::Switched,
+                "kill {i}: switched, then undone"
+            );
             assert_eq!(
                 hw.active, old.active,
                 "kill {i}: switched to a slot that is not new"
@@ -515,13 +610,12 @@ fn sigkill_at_any_point_leaves_old_or_new_firmware_and_says_so() {
             } else {
                 assert!(
                     result.starts_with("interrupted") && result.contains(&old_version),
-                    "kill {i} at {at:?}: {result}"
+                    "kill {i} ({phase:?}): {result}"
                 );
             }
         }
         eprintln!(
-            "kill {i:2} at {:4} ms: {} firmware; {result}",
-            at.as_millis(),
+            "kill {i:2} at {target:?}, landed {phase:?}: {} firmware; {result}",
             if hw.active_sha() == new_sha {
                 "new"
             } else {
@@ -530,7 +624,26 @@ fn sigkill_at_any_point_leaves_old_or_new_firmware_and_says_so() {
         );
         previous_result = result;
     }
-    eprintln!("{points} kills: {kept_old} kept the old firmware, {got_new} booted the new one");
-    assert!(kept_old >= 15, "too few kills landed during the flash");
-    assert!(got_new >= 1, "no kill landed after the switch");
+    eprintln!(
+        "{} kills: {kept_old} kept the old firmware, {got_new} booted the new one; by phase {phases:?}",
+        targets.len()
+    );
+    for phase in [
+        FlashPhase::BeforeTransfer,
+        FlashPhase::Transferring,
+        FlashPhase::Switched,
+    ] {
+        assert!(
+            phases.get(&phase).is_some_and(|n| *n >= 1),
+            "no kill landed in {phase:?}: {phases:?}"
+        );
+    }
+    assert!(
+        phases[&FlashPhase::Transferring] >= 3,
+        "too few kills during the transfer: {phases:?}"
+    );
+    assert!(
+        got_new >= 1 && kept_old >= 5,
+        "{kept_old} old, {got_new} new"
+    );
 }

@@ -542,31 +542,68 @@ fn rules_changes_apply_without_restarting_and_polkit_gone_denies() {
     );
 }
 
-/// Rules for the disconnect test: nothing narrows tenant writes.
-const ADMIN_ONLY_RULES: &str = r#"
-polkit.addRule(function(action, subject) {
+/// Rules for the disconnect test: tenant1's writes are held in polkit until the test lets them
+/// go (`{gate}/go` exists), after saying they are being decided (`{gate}/asked`); then allowed
+/// as the `.policy` defaults would. polkit has resolved the caller's bus name by the time a
+/// rule runs, so a caller that leaves while the rule waits has already been judged.
+fn held_write_rules(gate: &Path) -> String {
+    let gate = gate.display();
+    format!(
+        r#"
+polkit.addRule(function(action, subject) {{
+    if (action.id === "org.accelgate.slice.write" && subject.user === "ag-tenant1") {{
+        polkit.spawn(["/bin/sh", "-c",
+            "touch '{gate}/asked'; i=0; " +
+            "while [ ! -e '{gate}/go' ] && [ $i -lt 400 ]; do sleep 0.01; i=$((i+1)); done"]);
+        return polkit.Result.YES;
+    }}
     if (action.id.indexOf("org.accelgate.") === 0 && subject.isInGroup("accel-admins"))
         return polkit.Result.YES;
     return polkit.Result.NOT_HANDLED;
-});
-"#;
+}});
+"#
+    )
+}
 
-/// A client that sends a call and disconnects at once: the daemon cannot confirm who it was
-/// (its name is gone), so the call is denied and nothing happens — it is never decided as some
-/// other process that might reuse its pid.
+/// A client that sends a call and disconnects while polkit is deciding it: polkit allows (it
+/// judged the caller while it was there), but the daemon confirms with the bus after polkit's
+/// answer, finds the caller gone, and drops the request, on record — it is never carried out
+/// for a process that is no longer there (or one that reuses its pid). Deterministic: polkit
+/// holds its answer until the disconnect has certainly reached the bus.
 #[test]
-fn a_caller_that_disconnects_right_after_calling_is_never_authorized() {
-    let s = DaemonSetup::new("pk-disconnect", ADMIN_ONLY_RULES);
+fn a_caller_that_leaves_while_polkit_decides_is_never_served() {
+    ensure_users();
+    let dir = test_dir("pk-disconnect");
+    let gate = dir.join("gate");
+    fs::create_dir_all(&gate).unwrap();
+    // polkitd runs its rules' commands as its own user.
+    fs::set_permissions(&gate, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let policy = dir.join("policy.toml");
+    fs::copy(repo_path("policy/simulated.toml"), &policy).unwrap();
+    let bus = polkit_bus(&dir);
+    let _polkit = TestPolkit::start(&bus, &dir, &[(TEST_RULES, &held_write_rules(&gate))]);
+    let daemon = TestDaemon::start_with_polkit(&bus, &dir, &policy);
+    let s = DaemonSetup {
+        daemon,
+        polkit: _polkit,
+        bus,
+    };
+    s.ctl("root", &["assign", "fpga0/region0", "ag-tenant1"])
+        .ok();
     let obs = Observer::connect(&s.bus.address);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
+    let watcher = rt
+        .block_on(zbus::connection::Builder::address(s.bus.address.as_str()).build())
+        .unwrap();
+    let bus_driver = rt.block_on(zbus::fdo::DBusProxy::new(&watcher)).unwrap();
     let tenant1 = uid_of("ag-tenant1");
-    // Sends Write(0x100, [value], 8) to region0 as tenant1 without waiting for a reply, then
-    // closes the connection at once when `close`.
-    let write = |value: u64, close: bool| {
+    let (asked, go) = (gate.join("asked"), gate.join("go"));
+    // Sends Write(0x100, [value], 8) to region0 as tenant1 without waiting for a reply.
+    let send_write = |value: u64| {
         let conn = connect_as(&rt, &s.bus.address, "ag-tenant1");
         let path = accelgate_client::proto::names::slice_path("fpga0", "region0");
         let msg = zbus::message::Message::method_call(path.as_str(), "Write")
@@ -577,12 +614,7 @@ fn a_caller_that_disconnects_right_after_calling_is_never_authorized() {
             .unwrap();
         rt.block_on(conn.send(&msg)).unwrap();
         let sender = conn.unique_name().unwrap().to_string();
-        if close {
-            rt.block_on(conn.close()).unwrap();
-            (sender, None)
-        } else {
-            (sender, Some(conn))
-        }
+        (sender, conn)
     };
     let record_for = |sender: &str| {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -596,29 +628,54 @@ fn a_caller_that_disconnects_right_after_calling_is_never_authorized() {
     };
     let word = || obs.read("fpga0", "region0", 0x100, 1, 8).unwrap()[0];
 
-    // Control: the same call from a client that stays is allowed and written, so it is a call
-    // the daemon accepts from this caller.
-    let (stays, _kept) = write(0x1111, false);
+    // Control: with polkit letting the write through at once, the same call from a client that
+    // stays is allowed and written, so it is a call the daemon accepts from this caller.
+    fs::write(&go, "").unwrap();
+    let (stays, _kept) = send_write(0x1111);
     let rec = record_for(&stays);
     assert_eq!(rec["decision"], "allow", "{rec}");
     assert_eq!(rec["uid"], tenant1);
     wait_until("the control write landed", Duration::from_secs(5), || {
         word() == 0x1111
     });
+    assert!(
+        asked.exists(),
+        "the control write did not pass the test rule"
+    );
 
-    for i in 0..20u64 {
-        let value = 0xdead_0000 + i;
-        let (gone, _) = write(value, true);
+    for round in 0..2u64 {
+        fs::remove_file(&go).unwrap();
+        fs::remove_file(&asked).unwrap();
+        let (gone, conn) = send_write(0xdead_0000 + round);
+        wait_until("polkit started deciding", Duration::from_secs(5), || {
+            asked.exists()
+        });
+        rt.block_on(conn.close()).unwrap();
+        let name = zbus::names::BusName::try_from(gone.clone()).unwrap();
+        wait_until(
+            "the bus saw the caller leave",
+            Duration::from_secs(5),
+            || {
+                !rt.block_on(bus_driver.name_has_owner(name.clone()))
+                    .unwrap()
+            },
+        );
+        // Only now does polkit answer (yes).
+        fs::write(&go, "").unwrap();
         let rec = record_for(&gone);
-        assert_eq!(rec["decision"], "deny", "round {i}: {rec}");
+        assert_eq!(rec["decision"], "deny", "round {round}: {rec}");
+        assert_eq!(rec["gate"], "polkit", "round {round}: {rec}");
         assert!(
-            rec["gate"] == "identity" || rec["gate"] == "polkit",
-            "round {i}: {rec}"
+            rec["reason"]
+                .as_str()
+                .unwrap()
+                .contains("left the bus while polkit decided"),
+            "round {round}: {rec}"
         );
         assert_eq!(
             word(),
             0x1111,
-            "round {i}: the departed caller's write happened"
+            "round {round}: the departed caller's write happened"
         );
     }
 }
@@ -645,4 +702,211 @@ polkit.addRule(function(action, subject) {
         Ok(()),
     );
     expect(&s, "ag-admin", &["audit"], "policy.reload", Err("polkit"));
+}
+
+// ------------------------------------------------------------------ interactive authorization
+
+/// tenant1's writes need an administrator's password (`auth_admin`, never kept); the
+/// administrator is the test user with a known password.
+const AUTH_ADMIN_RULES: &str = r#"
+polkit.addAdminRule(function(action, subject) {
+    return ["unix-user:ag-pkadmin"];
+});
+polkit.addRule(function(action, subject) {
+    if (action.id === "org.accelgate.slice.write" && subject.user === "ag-tenant1")
+        return polkit.Result.AUTH_ADMIN;
+    if (action.id.indexOf("org.accelgate.") === 0 && subject.isInGroup("accel-admins"))
+        return polkit.Result.YES;
+    return polkit.Result.NOT_HANDLED;
+});
+"#;
+
+/// `auth_admin` against a real polkitd with a real authentication agent (registered for the
+/// calling process, answering through polkit-agent-helper-1 and PAM): a caller that does not
+/// allow interaction is told it needs it; one that does gets the challenge, passes it only
+/// with the right password, is challenged again on every call, and gets nothing if it leaves
+/// while the challenge is open.
+#[test]
+fn auth_admin_challenges_the_callers_agent_on_every_interactive_call() {
+    use accelgate_testkit::polkit::{ensure_password_user, AgentAnswer, TestAgent, PASSWORD};
+    ensure_password_user();
+    let s = DaemonSetup::new("pk-interactive", AUTH_ADMIN_RULES);
+    let obs = Observer::connect(&s.bus.address);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // The callers are connections of this process: the agent is this process's.
+    let agent = TestAgent::register(
+        &rt,
+        &s.bus,
+        std::process::id(),
+        AgentAnswer::Password(PASSWORD.into()),
+    );
+    let word = || obs.read("fpga0", "region0", 0x100, 1, 8).unwrap()[0];
+    let before = word();
+    let tenant1 = uid_of("ag-tenant1");
+    let client = |interactive: bool| {
+        let mut c = accelgate_client::Client::from_connection(connect_as(
+            &rt,
+            &s.bus.address,
+            "ag-tenant1",
+        ));
+        c.set_interactive(interactive);
+        c
+    };
+    let write = |c: &accelgate_client::Client, value: u64| {
+        rt.block_on(c.write("fpga0", "region0", 0x100, &[value], 8))
+    };
+    let last = || s.last_decision(tenant1, "slice.write");
+    let refused_kind = |r: Result<(), accelgate_client::ClientError>| match r {
+        Err(accelgate_client::ClientError::Accel(e)) => (e.error_kind(), e.message()),
+        other => panic!("expected a refusal from the daemon, got {other:?}"),
+    };
+
+    // (a) Without ALLOW_INTERACTIVE_AUTHORIZATION: refused, saying interaction is needed; the
+    // agent is never asked; nothing written.
+    let (kind, message) = refused_kind(write(&client(false), 0xa1));
+    assert_eq!(
+        kind,
+        Some(accelgate_client::ErrorKind::NotAuthorized),
+        "{message}"
+    );
+    assert!(
+        message.contains("refused by the polkit gate: interactive authentication required"),
+        "{message}"
+    );
+    let rec = last();
+    assert_eq!(
+        (rec["decision"].as_str(), rec["gate"].as_str()),
+        (Some("deny"), Some("polkit"))
+    );
+    assert!(
+        rec["reason"]
+            .as_str()
+            .unwrap()
+            .contains("requires authentication"),
+        "{rec}"
+    );
+    // accelctl without a terminal does not allow interaction either, and says the same.
+    let r = s
+        .ctl("ag-tenant1", &["write", "fpga0/region0", "0x100", "0xa2"])
+        .fails_with("NotAuthorized");
+    assert!(
+        r.stderr.contains("interactive authentication required"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(agent.begun(), 0, "a non-interactive call reached the agent");
+    assert_eq!(word(), before);
+
+    // (b) Interactive, the right password: allowed and written, after one challenge.
+    let interactive = client(true);
+    write(&interactive, 0xb1).unwrap();
+    assert_eq!(word(), 0xb1);
+    assert_eq!(agent.begun(), 1);
+    assert_eq!(agent.outcomes(), ["SUCCESS"]);
+    assert_eq!(last()["decision"], "allow");
+
+    // (d) auth_admin is not kept: the same caller is challenged again, and again passes.
+    write(&interactive, 0xb2).unwrap();
+    assert_eq!(word(), 0xb2);
+    assert_eq!(agent.begun(), 2, "the second call was not challenged");
+
+    // (c) A wrong password, then a dismissed dialog: refused, nothing written.
+    agent.set_answer(AgentAnswer::Password("not-the-password".into()));
+    let (kind, message) = refused_kind(write(&interactive, 0xc1));
+    assert_eq!(
+        kind,
+        Some(accelgate_client::ErrorKind::NotAuthorized),
+        "{message}"
+    );
+    assert_eq!(agent.begun(), 3);
+    assert!(
+        agent.outcomes()[2].starts_with("FAILURE"),
+        "{:?}",
+        agent.outcomes()
+    );
+    let rec = last();
+    assert_eq!(
+        (rec["decision"].as_str(), rec["gate"].as_str()),
+        (Some("deny"), Some("polkit"))
+    );
+    agent.set_answer(AgentAnswer::Dismiss);
+    let (kind, message) = refused_kind(write(&interactive, 0xc2));
+    assert_eq!(
+        kind,
+        Some(accelgate_client::ErrorKind::NotAuthorized),
+        "{message}"
+    );
+    assert_eq!(agent.begun(), 4);
+    let rec = last();
+    assert_eq!(
+        (rec["decision"].as_str(), rec["gate"].as_str()),
+        (Some("deny"), Some("polkit"))
+    );
+    assert!(
+        rec["reason"].as_str().unwrap().contains("dismissed"),
+        "{rec}"
+    );
+    assert_eq!(word(), 0xb2);
+
+    // (e) The caller leaves while the agent holds the challenge open; then the administrator
+    // types the right password. polkit authorizes, but the caller is gone: denied, on record,
+    // nothing written.
+    agent.set_answer(AgentAnswer::Password(PASSWORD.into()));
+    agent.hold();
+    let conn = connect_as(&rt, &s.bus.address, "ag-tenant1");
+    let path = accelgate_client::proto::names::slice_path("fpga0", "region0");
+    let msg = zbus::message::Message::method_call(path.as_str(), "Write")
+        .destination(accelgate_client::proto::names::BUS_NAME)
+        .interface(accelgate_client::proto::names::SLICE_INTERFACE)
+        .with_flags(zbus::message::Flags::NO_REPLY_EXPECTED)
+        .with_flags(zbus::message::Flags::ALLOW_INTERACTIVE_AUTH)
+        .build(&(0x100u64, vec![0xe1u64], 8u8))
+        .unwrap();
+    rt.block_on(conn.send(&msg)).unwrap();
+    let gone = conn.unique_name().unwrap().to_string();
+    wait_until("the challenge is open", Duration::from_secs(10), || {
+        agent.open() == 1
+    });
+    assert_eq!(agent.begun(), 5);
+    rt.block_on(conn.close()).unwrap();
+    let watcher = rt
+        .block_on(zbus::connection::Builder::address(s.bus.address.as_str()).build())
+        .unwrap();
+    let bus_driver = rt.block_on(zbus::fdo::DBusProxy::new(&watcher)).unwrap();
+    let name = zbus::names::BusName::try_from(gone.clone()).unwrap();
+    wait_until(
+        "the bus saw the caller leave",
+        Duration::from_secs(5),
+        || {
+            !rt.block_on(bus_driver.name_has_owner(name.clone()))
+                .unwrap()
+        },
+    );
+    agent.release();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let rec = loop {
+        if let Some(r) = s.audit().into_iter().find(|r| r["sender"] == gone) {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no audit record for {gone}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        (rec["decision"].as_str(), rec["gate"].as_str()),
+        (Some("deny"), Some("polkit")),
+        "{rec}"
+    );
+    assert_eq!(agent.outcomes()[4], "SUCCESS", "{:?}", agent.outcomes());
+    assert!(
+        rec["reason"]
+            .as_str()
+            .unwrap()
+            .contains("left the bus while polkit decided"),
+        "{rec}"
+    );
+    assert_eq!(word(), 0xb2, "the departed caller's write happened");
 }

@@ -67,4 +67,9 @@ pub type GateFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send
 pub trait Gate: Send + Sync {
     fn name(&self) -> &'static str;
     fn check<'a>(&'a self, req: &'a GateRequest<'a>) -> GateFuture<'a>;
+    /// What the caller is told about a denial with `reason`, where it may learn more than
+    /// "not authorized" (e.g. that interactive authentication would have been offered).
+    fn tell(&self, _reason: &str) -> Option<String> {
+        None
+    }
 }

@@ -72,22 +72,44 @@ pub fn caller_effective_caps(caller: &Caller) -> Result<u64, CapsError> {
     }
     let eff = u64::from_str_radix(field("CapEff:").ok_or(CapsError::Malformed)?, 16)
         .map_err(|_| CapsError::Malformed)?;
-    if let Some(pidfd) = &caller.process_fd {
-        // A pidfd polls readable once its process has exited. poll is in the daemon's seccomp
-        // allow-list; pidfd_send_signal is not (and need not be: nothing is ever signalled).
-        let mut fds = [nix::libc::pollfd {
-            fd: pidfd.as_raw_fd(),
-            events: nix::libc::POLLIN,
-            revents: 0,
-        }];
-        // SAFETY: one valid pollfd for a pidfd we own, zero timeout: poll only reads and
-        // writes the array we pass.
-        let rc = unsafe { nix::libc::poll(fds.as_mut_ptr(), 1, 0) };
-        if rc != 0 {
-            return Err(CapsError::Changed);
-        }
+    if !pidfd_alive(caller) {
+        return Err(CapsError::Changed);
     }
     Ok(eff)
+}
+
+/// What tells the caller's process apart from a later one with the same pid: its start time
+/// (clock ticks after boot). Taken before a long wait (polkit) and compared after it with
+/// [`same_process`].
+pub fn process_mark(caller: &Caller) -> Result<u64, CapsError> {
+    start_time(caller.pid.ok_or(CapsError::NoPid)?)
+}
+
+/// Whether the caller's process is still the one `mark` was taken of: alive (its pidfd, where
+/// the bus gave one, has not polled readable) and its pid not reused (same start time).
+pub fn same_process(caller: &Caller, mark: u64) -> Result<(), CapsError> {
+    if process_mark(caller)? != mark || !pidfd_alive(caller) {
+        return Err(CapsError::Changed);
+    }
+    Ok(())
+}
+
+/// False once the caller's pidfd says its process has exited; true without a pidfd.
+fn pidfd_alive(caller: &Caller) -> bool {
+    let Some(pidfd) = &caller.process_fd else {
+        return true;
+    };
+    // A pidfd polls readable once its process has exited. poll is in the daemon's seccomp
+    // allow-list; pidfd_send_signal is not (and need not be: nothing is ever signalled).
+    let mut fds = [nix::libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: nix::libc::POLLIN,
+        revents: 0,
+    }];
+    // SAFETY: one valid pollfd for a pidfd we own, zero timeout: poll only reads and writes
+    // the array we pass.
+    let rc = unsafe { nix::libc::poll(fds.as_mut_ptr(), 1, 0) };
+    rc == 0
 }
 
 fn start_time(pid: u32) -> Result<u64, CapsError> {

@@ -204,7 +204,9 @@ impl Engine {
         };
         for gate in self.gates() {
             if let Err(reason) = gate.check(&req).await {
-                let told = format!("not authorized by {}", gate.name());
+                let told = gate
+                    .tell(&reason)
+                    .unwrap_or_else(|| format!("not authorized by {}", gate.name()));
                 return Err(self.deny(&d, GateName::Further(gate.name()), &reason, &told));
             }
         }

@@ -26,13 +26,15 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use zbus::fdo::DBusProxy;
 use zbus::message::Message;
+use zbus::names::{BusName, UniqueName};
 use zbus::Connection;
 use zbus_polkit::policykit1::{
     AuthorityProxy, AuthorizationResult, CheckAuthorizationFlags, Subject,
 };
 
 use super::caller::futures_lite_next::next;
-use crate::core::{Gate, GateFuture, GateRequest};
+use crate::core::caller::{process_mark, same_process};
+use crate::core::{error_chain, Caller, Gate, GateFuture, GateRequest};
 
 /// polkit's well-known name on the system bus.
 pub const POLKIT_BUS_NAME: &str = "org.freedesktop.PolicyKit1";
@@ -45,6 +47,14 @@ pub const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 pub const INTERACTIVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest a cached answer is trusted without polkit saying anything changed.
 pub const CACHE_TTL: Duration = Duration::from_secs(60);
+
+/// The audit reason when polkit wants authentication that did not happen: the caller did not
+/// allow interactive authorization, or had no agent to ask.
+const CHALLENGE_NOT_MET: &str = "polkit requires authentication, which did not happen";
+/// What such a caller is told: this one refusal says how to get past it.
+const CHALLENGE_TOLD: &str = "interactive authentication required: polkit asks for a password \
+     for this operation; call with interactive authorization allowed (accelctl from a terminal) \
+     and a polkit authentication agent running";
 
 /// Detail keys polkit reports that make an answer unfit to cache.
 const TEMPORARY_AUTHORIZATION: &str = "polkit.temporary_authorization_id";
@@ -135,9 +145,7 @@ impl Verdict {
     pub fn into_result(self) -> Result<(), String> {
         match self {
             Verdict::Authorized | Verdict::AuthorizedTemporarily => Ok(()),
-            Verdict::Challenge => {
-                Err("polkit requires authentication, which did not happen".into())
-            }
+            Verdict::Challenge => Err(CHALLENGE_NOT_MET.into()),
             Verdict::Dismissed => Err("polkit authentication was dismissed".into()),
             Verdict::NotAuthorized => Err("polkit: not authorized".into()),
         }
@@ -147,6 +155,8 @@ impl Verdict {
 /// The polkit gate.
 pub struct PolkitGate {
     authority: AuthorityProxy<'static>,
+    /// The bus itself: is the caller still there after polkit answered.
+    dbus: DBusProxy<'static>,
     cache: Option<Arc<DecisionCache>>,
     options: PolkitOptions,
     /// Makes cancellation ids unique among this daemon's interactive checks.
@@ -164,8 +174,10 @@ impl PolkitGate {
             .build()
             .await
             .map_err(PolkitError::Proxy)?;
+        let dbus = DBusProxy::new(conn).await.map_err(PolkitError::Proxy)?;
         let mut gate = PolkitGate {
             authority,
+            dbus,
             cache: None,
             options,
             next_cancellation: AtomicU64::new(0),
@@ -209,20 +221,64 @@ impl PolkitGate {
             }
             None => None,
         };
+        // Which process polkit is about to judge: an answer is only acted on if that process
+        // is still the caller when polkit has answered.
+        let mark = process_mark(req.caller)
+            .map_err(|e| format!("cannot identify the caller's process: {}", error_chain(&e)))?;
         // Asked without interaction first: a plain yes or no is an answer for everyone and
         // may be cached. Only when polkit wants authentication is the caller's interactive
         // request made, and its success (an `auth_admin` challenge passed) is never cached:
         // the next request must authenticate again.
-        let verdict = Verdict::of(&self.ask(&key, false).await?);
+        let mut verdict = Verdict::of(&self.ask(&key, false).await?);
+        let mut cacheable = verdict.cacheable();
         if req.interactive && verdict == Verdict::Challenge {
-            return Verdict::of(&self.ask(&key, true).await?).into_result();
+            verdict = Verdict::of(&self.ask(&key, true).await?);
+            cacheable = None;
         }
-        if let (Some(cache), Some(asked_at), Some(authorized)) =
-            (&self.cache, asked_at, verdict.cacheable())
+        let allowed = verdict.into_result();
+        if allowed.is_ok() {
+            self.confirm_caller(req.caller, mark).await?;
+        }
+        if let (Some(cache), Some(asked_at), Some(authorized)) = (&self.cache, asked_at, cacheable)
         {
             cache.store(&key, authorized, asked_at);
         }
-        verdict.into_result()
+        allowed
+    }
+
+    /// After polkit allowed: the caller is still on the bus, with the same process. polkit
+    /// resolves the caller's bus name when it starts deciding; a caller that disconnected (or
+    /// whose process ended, its pid maybe reused) while polkit decided, or waited for a
+    /// password, must not have its request carried out on the strength of that answer. Asked
+    /// of the bus itself, which has seen every disconnect that happened before polkit's answer
+    /// passed through it.
+    async fn confirm_caller(&self, caller: &Caller, mark: u64) -> Result<(), String> {
+        let sender = UniqueName::try_from(caller.sender.as_str())
+            .map_err(|e| format!("the caller's bus name is unusable: {e}"))?;
+        let pid = tokio::time::timeout(
+            self.options.timeout,
+            self.dbus
+                .get_connection_unix_process_id(BusName::Unique(sender)),
+        )
+        .await;
+        match pid {
+            Ok(Ok(pid)) if Some(pid) == caller.pid => {}
+            Ok(Ok(pid)) => {
+                return Err(format!(
+                    "the caller's connection now reports pid {pid}, not {:?}; request dropped",
+                    caller.pid
+                ))
+            }
+            Ok(Err(e)) => {
+                return Err(format!(
+                    "the caller left the bus while polkit decided; request dropped ({e})"
+                ))
+            }
+            Err(_) => return Err("the bus did not confirm the caller in time".into()),
+        }
+        same_process(caller, mark).map_err(|_| {
+            "the caller's process ended while polkit decided; request dropped".to_owned()
+        })
     }
 
     /// One `CheckAuthorization` call, bounded in time.
@@ -311,6 +367,10 @@ impl Gate for PolkitGate {
 
     fn check<'a>(&'a self, req: &'a GateRequest<'a>) -> GateFuture<'a> {
         Box::pin(self.check_request(req))
+    }
+
+    fn tell(&self, reason: &str) -> Option<String> {
+        (reason == CHALLENGE_NOT_MET).then(|| CHALLENGE_TOLD.to_owned())
     }
 }
 
