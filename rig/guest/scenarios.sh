@@ -182,6 +182,10 @@ if only_on kernel vf-map-revoked "it measures what the kernel does to a removed 
   ok=
   REG=0x800 VAL=0x12345600
   ctl ag-operator vfs igb0 2 || ok="vfs 2: $out;"
+  # No driver binds the VF, so nothing turned its memory decoding on (a VF's BAR reads 0 and
+  # drops writes until then); the kernel's `enable` does what a driver's probe would.
+  vf1=$(vf_bdf $IGB 1)
+  echo 1 >"$SYS/bus/pci/devices/$vf1/enable" || ok="$ok enable $vf1;"
   ctl root assign igb0/vf1 ag-tenant1 || ok="$ok assign: $out;"
   ctl ag-tenant1 write igb0/vf1 $REG 0x00abcd00 || ok="$ok probe write: $out;"
   ctl ag-tenant1 read igb0/vf1 $REG
@@ -205,6 +209,8 @@ if only_on kernel vf-map-revoked "it measures what the kernel does to a removed 
     alive=0
   fi
   ctl ag-operator vfs igb0 2 || ok="$ok vfs 2 again: $out;"
+  vf1=$(vf_bdf $IGB 1)
+  echo 1 >"$SYS/bus/pci/devices/$vf1/enable" || ok="$ok enable $vf1 again;"
   ctl root release igb0/vf1 >/dev/null 2>&1
   ctl root assign igb0/vf1 ag-tenant2 || ok="$ok assign to tenant2: $out;"
   ctl ag-tenant2 write igb0/vf1 $REG 0 || ok="$ok tenant2 write: $out;"
