@@ -173,19 +173,26 @@ ctl ag-operator vfs igb0 0 --force || ok="$ok destroy: $out;"
 check vf-igb "igb0: VFs at offset 128 stride 2, no VF driver bound, Map works"
 
 # --- a tenant's mapping across VF re-creation -------------------------------------------
-# docs/security.md rests on this: removing VFs (sriov_numvfs -> 0) removes their functions and
-# with them every mapping of their BARs, so recreating the VFs revokes an old tenant's mmap.
-# ag-tenant1 keeps storing a value through its mapping of igb0/vf1 (map-test --hold, every
-# 20 ms); the VFs are removed and created again, vf1 goes to ag-tenant2, who clears the
-# register and reads it back. The VF mailbox memory (VMBMEM, 0x800) holds what is written.
-if only_on kernel vf-map-revoked "it measures what the kernel does to a removed VF's mappings; a simulated BAR is a file, and a mapping of a file outlives its unlinking"; then
+# What the kernel does to a tenant's mmap of a VF's resource0 when the VFs are removed
+# (sriov_numvfs -> 0) and created again. Measured on Debian's 6.12: nothing. The mapping is
+# neither torn down (no SIGBUS, stores keep going) nor redirected, so once the VFs exist
+# again it reaches the new VF at the same address. docs/security.md says so; this scenario
+# fails if a kernel starts revoking (then the doc and the daemon's design must change).
+# ag-tenant1 keeps storing VAL through its mapping of igb0/vf1 (map-test --hold, every
+# 20 ms); the VFs go 2 -> 0 -> 2, vf1 goes to ag-tenant2, who clears the register (the VF
+# mailbox memory VMBMEM, 0x800, holds what is written) and reads it back; then, the holder
+# gone, ag-tenant2 clears it again and must read 0 (its own writes land).
+if only_on kernel vf-map-after-removal "it measures what the kernel does to a removed VF's mappings; a simulated BAR is a file, and a mapping of a file outlives its unlinking"; then
   ok=
   REG=0x800 VAL=0x12345600
+  enable_vf1() {
+    # No driver binds the VF, so nothing turned its memory decoding on (its BAR reads 0 and
+    # drops writes until then); the kernel's `enable` does what a driver's probe would.
+    vf1=$(vf_bdf $IGB 1)
+    echo 1 >"$SYS/bus/pci/devices/$vf1/enable" || ok="$ok enable $vf1;"
+  }
   ctl ag-operator vfs igb0 2 || ok="vfs 2: $out;"
-  # No driver binds the VF, so nothing turned its memory decoding on (a VF's BAR reads 0 and
-  # drops writes until then); the kernel's `enable` does what a driver's probe would.
-  vf1=$(vf_bdf $IGB 1)
-  echo 1 >"$SYS/bus/pci/devices/$vf1/enable" || ok="$ok enable $vf1;"
+  enable_vf1
   ctl root assign igb0/vf1 ag-tenant1 || ok="$ok assign: $out;"
   ctl ag-tenant1 write igb0/vf1 $REG 0x00abcd00 || ok="$ok probe write: $out;"
   ctl ag-tenant1 read igb0/vf1 $REG
@@ -198,32 +205,32 @@ if only_on kernel vf-map-revoked "it measures what the kernel does to a removed 
   ctl ag-tenant1 read igb0/vf1 $REG
   echo "$out" | grep -qi $VAL || ok="$ok the holder's stores do not land: $out;"
   ctl ag-operator vfs igb0 0 --force || ok="$ok vfs 0: $out;"
+  [ "$(cat $SYS/bus/pci/devices/$IGB/sriov_numvfs)" = 0 ] && [ ! -e "$SYS/bus/pci/devices/$vf1" ] ||
+    ok="$ok the VFs were not removed;"
   sleep 0.5
   if kill -0 $hpid 2>/dev/null; then
-    holder="the holder survived the removal"
-    alive=1
+    holder="survived the removal (no SIGBUS; its stores went on)"
   else
     wait $hpid
     hrc=$?
-    holder="the holder ended with status $hrc$([ $hrc -eq 135 ] && echo ' (SIGBUS)'): $(cat $WORK/hold.out | tr '\n' ' ' | cut -c1-200)"
-    alive=0
+    ok="$ok the holder ended with status $hrc$([ $hrc -eq 135 ] && echo ' (SIGBUS: the kernel revoked the mapping)'): $(tr '\n' ' ' <$WORK/hold.out | cut -c1-200);"
   fi
   ctl ag-operator vfs igb0 2 || ok="$ok vfs 2 again: $out;"
-  vf1=$(vf_bdf $IGB 1)
-  echo 1 >"$SYS/bus/pci/devices/$vf1/enable" || ok="$ok enable $vf1 again;"
+  enable_vf1
   ctl root release igb0/vf1 >/dev/null 2>&1
   ctl root assign igb0/vf1 ag-tenant2 || ok="$ok assign to tenant2: $out;"
   ctl ag-tenant2 write igb0/vf1 $REG 0 || ok="$ok tenant2 write: $out;"
   sleep 0.3
   ctl ag-tenant2 read igb0/vf1 $REG
-  if echo "$out" | grep -qi $VAL; then
-    ok="$ok the old tenant's mapping reaches the new VF ($holder): tenant2 reads $out;"
-  fi
-  [ $alive -eq 0 ] || ok="$ok $holder;"
-  [ $alive -eq 1 ] && kill $hpid 2>/dev/null
+  echo "$out" | grep -qi $VAL || ok="$ok the old mapping does not reach the new VF: tenant2 reads $out;"
+  kill $hpid 2>/dev/null
+  wait $hpid 2>/dev/null
+  ctl ag-tenant2 write igb0/vf1 $REG 0 || ok="$ok tenant2 write after the holder: $out;"
+  ctl ag-tenant2 read igb0/vf1 $REG
+  echo "$out" | grep -qi 0x00000000 || ok="$ok tenant2's own write does not land: $out;"
   ctl root release igb0/vf1 >/dev/null 2>&1
   ctl ag-operator vfs igb0 0 --force || ok="$ok vfs 0 at the end: $out;"
-  check vf-map-revoked "VFs 2 -> 0 -> 2 under a tenant's live mapping: $holder; the new tenant's VF kept what it wrote"
+  check vf-map-after-removal "VFs 2 -> 0 -> 2 under ag-tenant1's live mapping of vf1: the holder $holder, and its stores reach the recreated vf1 of ag-tenant2 (which reads $VAL after writing 0; 0 once the holder is gone)"
 fi
 
 # --- Program through the firmware-upload class (test_firmware) --------------------------

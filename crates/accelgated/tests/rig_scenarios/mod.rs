@@ -17,7 +17,7 @@ pub const SCENARIOS: &[&str] = &[
     "register-refusals",
     "vf-lifecycle",
     "vf-igb",
-    "vf-map-revoked",
+    "vf-map-after-removal",
     "program-complete",
     "program-idempotent",
     "program-invalid-size",
@@ -32,7 +32,7 @@ pub const SCENARIOS: &[&str] = &[
 ];
 
 /// Scenarios that only make sense on the kernel (the script's `only_on kernel`).
-pub const KERNEL_ONLY: &[&str] = &["bar-claimed-refused", "register-write", "vf-map-revoked"];
+pub const KERNEL_ONLY: &[&str] = &["bar-claimed-refused", "register-write", "vf-map-after-removal"];
 
 /// Scenarios that only make sense on the simulator (none so far).
 pub const SIM_ONLY: &[&str] = &[];
