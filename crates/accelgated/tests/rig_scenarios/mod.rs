@@ -32,7 +32,11 @@ pub const SCENARIOS: &[&str] = &[
 ];
 
 /// Scenarios that only make sense on the kernel (the script's `only_on kernel`).
-pub const KERNEL_ONLY: &[&str] = &["bar-claimed-refused", "register-write", "vf-map-after-removal"];
+pub const KERNEL_ONLY: &[&str] = &[
+    "bar-claimed-refused",
+    "register-write",
+    "vf-map-after-removal",
+];
 
 /// Scenarios that only make sense on the simulator (none so far).
 pub const SIM_ONLY: &[&str] = &[];
