@@ -156,7 +156,11 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let callers = CallerCache::new(&conn).await.map_err(RunError::Callers)?;
     let (events, forwarder) = BusEvents::new();
     let engine = Engine::new(EngineParts {
-        hw: HwRoot::new(&root),
+        hw: if cfg.simulate.is_some() {
+            HwRoot::simulated(&root)
+        } else {
+            HwRoot::new(&root)
+        },
         policy_path: cfg.policy.clone(),
         policy,
         state,

@@ -21,8 +21,9 @@ struct Args {
     /// hardware root. An existing tree is reused, as hardware keeps its state.
     #[arg(long, value_name = "DIR", conflicts_with = "root")]
     simulate: Option<PathBuf>,
-    /// What the simulated host contains: `standard` (fpga0 with two regions, nic0 with 8 VFs)
-    /// or `scale:DEVICESxVFS` (NICs nic0.. with up to VFS VFs each, for scale tests).
+    /// What the simulated host contains: `standard` (fpga0 with two regions, nic0 with 8 VFs),
+    /// `rig` (the kernel rig's guest: edu, nvme and igb with SR-IOV, MTDs, test_firmware
+    /// entries) or `scale:DEVICESxVFS` (NICs nic0.. with up to VFS VFs each, for scale tests).
     #[cfg(feature = "simulator")]
     #[arg(long, value_name = "SPEC", default_value = "standard", value_parser = parse_sim_spec, requires = "simulate")]
     simulate_spec: SimSpec,
@@ -126,10 +127,12 @@ const MAX_SCALE_VFS: u32 = 0xff;
 
 #[cfg(feature = "simulator")]
 fn parse_sim_spec(text: &str) -> Result<SimSpec, String> {
-    if text == "standard" {
-        return Ok(SimSpec::standard());
+    match text {
+        "standard" => return Ok(SimSpec::standard()),
+        "rig" => return Ok(SimSpec::rig()),
+        _ => {}
     }
-    let usage = || format!("'{text}' is neither 'standard' nor 'scale:DEVICESxVFS'");
+    let usage = || format!("'{text}' is neither 'standard', 'rig' nor 'scale:DEVICESxVFS'");
     let (devices, vfs) = text
         .strip_prefix("scale:")
         .and_then(|dims| dims.split_once('x'))
@@ -232,6 +235,7 @@ mod tests {
     #[test]
     fn sim_spec_names() {
         assert_eq!(parse_sim_spec("standard"), Ok(SimSpec::standard()));
+        assert_eq!(parse_sim_spec("rig"), Ok(SimSpec::rig()));
         assert_eq!(parse_sim_spec("scale:64x64"), Ok(SimSpec::scale(64, 64)));
         assert_eq!(parse_sim_spec("scale:1x0"), Ok(SimSpec::scale(1, 0)));
         for bad in [

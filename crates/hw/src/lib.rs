@@ -25,11 +25,29 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug)]
 pub struct HwRoot {
     root: PathBuf,
+    simulated: bool,
 }
 
 impl HwRoot {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        HwRoot { root: root.into() }
+        HwRoot {
+            root: root.into(),
+            simulated: false,
+        }
+    }
+
+    /// The simulator's tree (`accelgated --simulate`): where the kernel would give a device
+    /// node, the simulator has a regular file (see [`mtd::FileFlash`]). Only such a root
+    /// accepts one.
+    pub fn simulated(root: impl Into<PathBuf>) -> Self {
+        HwRoot {
+            root: root.into(),
+            simulated: true,
+        }
+    }
+
+    pub fn is_simulated(&self) -> bool {
+        self.simulated
     }
 
     pub fn path(&self) -> &Path {

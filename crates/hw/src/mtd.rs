@@ -131,6 +131,108 @@ impl FlashIo for MtdChar {
     }
 }
 
+/// An MTD partition of the simulated host (`accelgated --simulate`): `dev/mtd<N>` is a regular
+/// file there, which cannot answer `MEMGETINFO` or `MEMERASE`, so its size and erase size come
+/// from the sysfs attributes the kernel publishes for every MTD (`sys/class/mtd/mtd<N>/size`,
+/// `erasesize`), and an erase writes 0xff, as erased NOR flash reads.
+pub struct FileFlash {
+    file: File,
+    size: u64,
+    erase_size: u64,
+}
+
+impl FileFlash {
+    /// Opens `device` (a regular file) with the geometry from the sysfs directory `class`.
+    pub fn open(device: &Path, class: &Path) -> Result<FileFlash, FlashIoError> {
+        let io = |source| FlashIoError::Io {
+            op: "open",
+            offset: 0,
+            source,
+        };
+        let number = |name: &str| -> Result<u64, FlashIoError> {
+            let text = crate::read_attr(&class.join(name)).map_err(io)?;
+            text.trim().parse().map_err(|_| {
+                io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{}: not a number: {text:?}", class.join(name).display()),
+                ))
+            })
+        };
+        let (size, erase_size) = (number("size")?, number("erasesize")?);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(device)
+            .map_err(io)?;
+        let meta = file.metadata().map_err(io)?;
+        if !meta.is_file() || meta.len() != size || erase_size == 0 {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "{} is not a simulated MTD of {size} bytes in blocks of {erase_size}",
+                    device.display()
+                ),
+            )));
+        }
+        Ok(FileFlash {
+            file,
+            size,
+            erase_size,
+        })
+    }
+}
+
+impl FlashIo for FileFlash {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn erase_size(&self) -> u64 {
+        self.erase_size
+    }
+
+    fn erase(&self, offset: u64, len: u64) -> Result<(), FlashIoError> {
+        let aligned = offset % self.erase_size == 0 && len % self.erase_size == 0;
+        if !aligned || offset.checked_add(len).is_none_or(|end| end > self.size) {
+            return Err(FlashIoError::Range { offset, len });
+        }
+        let block = vec![0xffu8; self.erase_size as usize];
+        let mut at = offset;
+        while at < offset + len {
+            self.write_at(at, &block)?;
+            at += self.erase_size;
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, offset: u64, bytes: &[u8]) -> Result<(), FlashIoError> {
+        let end = offset.checked_add(bytes.len() as u64);
+        if end.is_none_or(|end| end > self.size) {
+            return Err(FlashIoError::Range {
+                offset,
+                len: bytes.len() as u64,
+            });
+        }
+        self.file
+            .write_all_at(bytes, offset)
+            .map_err(|source| FlashIoError::Io {
+                op: "write",
+                offset,
+                source,
+            })
+    }
+
+    fn read_at(&self, offset: u64, bytes: &mut [u8]) -> Result<(), FlashIoError> {
+        self.file
+            .read_exact_at(bytes, offset)
+            .map_err(|source| FlashIoError::Io {
+                op: "read",
+                offset,
+                source,
+            })
+    }
+}
+
 /// `MEMGETINFO` as the kernel encodes it (`_IOR('M', 1, struct mtd_info_user)`).
 pub const MEMGETINFO: u32 =
     nix::request_code_read!(b'M', 1, std::mem::size_of::<MtdInfoUser>()) as u32;

@@ -47,6 +47,9 @@ pub struct Sriov {
     bdf: PciBdf,
 }
 
+/// How long `bind_pf_stub` waits for the driver link after `drivers_probe`.
+const STUB_BIND_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Sriov {
     pub fn new(pf: &PciFunction) -> Result<Self, SriovError> {
         if !pf.dir.join("sriov_totalvfs").is_file() {
@@ -76,11 +79,15 @@ impl Sriov {
             .map(|bus| bus.join("drivers_probe"))
             .ok_or_else(|| SriovError::Malformed(self.dir.clone()))?;
         write_attr(&probe, self.bdf.as_str()).map_err(io(probe.clone()))?;
-        if self.has_driver() {
-            Ok(())
-        } else {
-            Err(SriovError::StubNotBound(self.bdf.clone()))
+        // The kernel binds inside the write; a simulated host a moment after it.
+        let deadline = std::time::Instant::now() + STUB_BIND_WAIT;
+        while !self.has_driver() {
+            if std::time::Instant::now() > deadline {
+                return Err(SriovError::StubNotBound(self.bdf.clone()));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
         }
+        Ok(())
     }
 
     fn has_driver(&self) -> bool {

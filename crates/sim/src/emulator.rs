@@ -16,7 +16,9 @@ use sha2::{Digest, Sha256};
 
 use super::files::{poke, read_attr, write_atomic};
 use super::flash::{SlotWrite, FLASH_BYTES_PER_SEC};
-use super::spec::{FwEffect, FwEntrySpec, REG_IMAGE_STATUS, REG_IMAGE_TAG, REG_PERSONALITY_TAG};
+use super::spec::{
+    FwEffect, FwEntrySpec, REG_IMAGE_STATUS, REG_IMAGE_TAG, REG_PERSONALITY_TAG, TEST_FIRMWARE_MAX,
+};
 use super::tree::Tree;
 use super::SimError;
 
@@ -62,6 +64,8 @@ enum Watched {
     Fw(usize),
     /// The `fw_slots` attributes of a flash entry.
     Slots(usize),
+    /// `sys/bus/pci` (its `drivers_probe`).
+    PciBus,
 }
 
 impl Emulator {
@@ -72,6 +76,8 @@ impl Emulator {
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
             .map_err(SimError::Inotify)?;
         let mut watched = HashMap::new();
+        let bus = tree.root.join("sys/bus/pci");
+        watched.insert(add_watch(&inotify, &bus)?, Watched::PciBus);
         for (index, pf) in tree.spec.functions.iter().enumerate() {
             if pf.sriov.is_some() {
                 let wd = add_watch(&inotify, &tree.function_dir(&pf.bdf))?;
@@ -166,6 +172,7 @@ fn watch_loop(
                     .reconcile_vfs(&shared.tree.spec.functions[*index]),
                 (Watched::Fw(index), Some("loading")) => on_loading(shared, *index),
                 (Watched::Fw(index), Some("cancel")) => on_cancel(shared, *index),
+                (Watched::PciBus, Some("drivers_probe")) => shared.tree.probe(),
                 (Watched::Slots(index), Some("activate")) => {
                     super::flash::on_activate(&shared.tree, &shared.tree.spec.fw_uploads[*index])
                 }
@@ -289,13 +296,22 @@ fn upload_steps(
     image: &[u8],
 ) -> Result<Outcome, SimError> {
     let len = image.len() as u64;
+    let test_firmware = entry.effect == FwEffect::TestFirmware;
+    let inject = if test_firmware {
+        Injection::parse(image)
+    } else {
+        None
+    };
     write_atomic(&dir.join("status"), "preparing\n")?;
     std::thread::sleep(MIN_PAUSE);
     if slot.cancel.load(Ordering::Acquire) {
         return Ok(Outcome::Failed("preparing", "user-abort"));
     }
-    if len == 0 {
+    if len == 0 || (test_firmware && image.len() > TEST_FIRMWARE_MAX) {
         return Ok(Outcome::Failed("preparing", "invalid-file-size"));
+    }
+    if let Some(outcome) = injected(shared, slot, inject, "preparing") {
+        return Ok(outcome);
     }
     // A flash device writes its staging slot as the transfer goes; other targets take the
     // image at the end.
@@ -306,6 +322,9 @@ fn upload_steps(
         None
     };
     write_atomic(&dir.join("status"), "transferring\n")?;
+    if let Some(outcome) = injected(shared, slot, inject, "transferring") {
+        return Ok(outcome);
+    }
     let (max_step, rate) = if flash {
         (FLASH_MAX_STEP, FLASH_BYTES_PER_SEC)
     } else {
@@ -346,11 +365,65 @@ fn upload_steps(
     // Point of no return: a cancel request from here on is ignored.
     write_atomic(&dir.join("status"), "programming\n")?;
     std::thread::sleep(MIN_PAUSE);
+    if let Some(outcome) = injected(shared, slot, inject, "programming") {
+        return Ok(outcome);
+    }
     match slot_write {
         Some(w) => w.finish()?,
         None => apply_effect(shared, entry, received.tag())?,
     }
     Ok(Outcome::Done)
+}
+
+/// An `inject:<progress>:<error>` image of `test_firmware` (lib/test_firmware.c): the upload
+/// fails at that progress with that error.
+#[derive(Clone, Copy)]
+struct Injection {
+    progress: &'static str,
+    error: &'static str,
+}
+
+impl Injection {
+    fn parse(image: &[u8]) -> Option<Injection> {
+        let text = std::str::from_utf8(image.strip_prefix(b"inject:")?).ok()?;
+        let (progress, error) = text.trim_end().split_once(':')?;
+        let progress = ["preparing", "transferring", "programming"]
+            .into_iter()
+            .find(|p| *p == progress)?;
+        let error = [
+            "hw-error",
+            "timeout",
+            "user-abort",
+            "device-busy",
+            "invalid-file-size",
+            "read-write-error",
+            "flash-wearout",
+            "firmware-invalid",
+        ]
+        .into_iter()
+        .find(|e| *e == error)?;
+        Some(Injection { progress, error })
+    }
+}
+
+/// The outcome an injection forces at `progress`, if any. `user-abort` waits there until the
+/// upload is cancelled (or the emulator stops), as the test driver does.
+fn injected(
+    shared: &Shared,
+    slot: &UploadSlot,
+    inject: Option<Injection>,
+    progress: &'static str,
+) -> Option<Outcome> {
+    let inject = inject.filter(|i| i.progress == progress)?;
+    if inject.error == "user-abort" {
+        while !slot.cancel.load(Ordering::Acquire) {
+            if shared.stop.load(Ordering::Relaxed) {
+                return Some(Outcome::Stopped);
+            }
+            std::thread::sleep(MIN_PAUSE);
+        }
+    }
+    Some(Outcome::Failed(progress, inject.error))
 }
 
 /// First 8 bytes of sha256(image) as a little-endian u64; None for an all-zero ("blank")
@@ -412,5 +485,9 @@ fn apply_effect(shared: &Shared, entry: &FwEntrySpec, loaded: Option<u64>) -> Re
         FwEffect::Personality => poke(&bar, REG_PERSONALITY_TAG, &tag.to_le_bytes()),
         // Written slot by slot during the transfer (see `upload_steps`).
         FwEffect::Flash => Ok(()),
+        FwEffect::TestFirmware => {
+            let held = tree.test_firmware_dir().join(&entry.name);
+            std::fs::write(&held, image).map_err(SimError::io(&held))
+        }
     }
 }

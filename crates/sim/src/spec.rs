@@ -16,6 +16,17 @@ pub const REG_IMAGE_TAG: u64 = 0x10;
 pub struct SimSpec {
     pub functions: Vec<PfSpec>,
     pub fw_uploads: Vec<FwEntrySpec>,
+    /// MTD partitions (`sys/class/mtd/mtd<N>`, `dev/mtd<N>`), numbered in this order.
+    #[serde(default)]
+    pub mtds: Vec<MtdSpec>,
+}
+
+/// One MTD partition: a NOR-like flash the daemon reaches as `dev/mtd<N>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MtdSpec {
+    pub name: String,
+    pub size: u64,
+    pub erase_size: u64,
 }
 
 /// One physical function.
@@ -31,6 +42,17 @@ pub struct PfSpec {
     pub id: u32,
     pub regions: Vec<RegionSpec>,
     pub sriov: Option<VfSpec>,
+    /// The kernel driver bound to the function when the host comes up; `None` leaves it
+    /// without one (as QEMU's nvme in the rig's guest), so SR-IOV needs `pci-pf-stub`.
+    #[serde(default = "sim_driver")]
+    pub driver: Option<String>,
+}
+
+/// The driver every simulated function had before specs could name one.
+pub const SIM_DRIVER: &str = "accelgate-sim";
+
+fn sim_driver() -> Option<String> {
+    Some(SIM_DRIVER.into())
 }
 
 /// A region window inside BAR0 (its REGION_ID is `0xacce_0000 | index`).
@@ -79,7 +101,16 @@ pub enum FwEffect {
     Personality,
     /// A two-slot firmware flash (see `sim::flash`): the upload goes to the staging slot.
     Flash,
+    /// What the kernel's `test_firmware` driver does with an upload: it keeps the bytes
+    /// (`<root>/test_firmware/<entry>`, the simulated `upload_read`), refuses more than
+    /// [`TEST_FIRMWARE_MAX`] bytes (`preparing:invalid-file-size`), and an image reading
+    /// `inject:<progress>:<error>` fails at that progress with that error (`user-abort`
+    /// waits there for a cancel).
+    TestFirmware,
 }
+
+/// The largest upload `test_firmware` takes (TEST_UPLOAD_MAX_SIZE in lib/test_firmware.c).
+pub const TEST_FIRMWARE_MAX: usize = 2048;
 
 impl SimSpec {
     /// The standard host of simspec.md: `fpga0` with two regions and `nic0` with 8 VFs.
@@ -104,6 +135,7 @@ impl SimSpec {
                 },
             ],
             sriov: None,
+            driver: sim_driver(),
         };
         let entry = |name: &str, bdf: &str, effect| FwEntrySpec {
             name: name.into(),
@@ -126,6 +158,7 @@ impl SimSpec {
         SimSpec {
             functions: vec![fpga, nic],
             fw_uploads,
+            mtds: Vec::new(),
         }
     }
 
@@ -146,6 +179,94 @@ impl SimSpec {
         SimSpec {
             functions,
             fw_uploads,
+            mtds: Vec::new(),
+        }
+    }
+
+    /// The kernel rig's guest (rig/run, rig/guest/init) as the simulator can have it: the
+    /// same PCI addresses, IDs, SR-IOV layouts, drivers, upload entries and MTD partitions,
+    /// so that rig/guest/policy.toml and rig/guest/scenarios.sh serve both backends.
+    pub fn rig() -> Self {
+        let edu = PfSpec {
+            name: "edu".into(),
+            bdf: "0000:00:04.0".into(),
+            vendor: 0x1234,
+            device: 0x11e8,
+            class: 0x00ff_0000,
+            bar0_size: 1 << 20,
+            id: 0x0100_00ed,
+            regions: Vec::new(),
+            sriov: None,
+            driver: None,
+        };
+        // QEMU's nvme with sriov_max_vfs=2: VFs at functions 1 and 2, 16 KiB BAR0 each; the
+        // guest has no nvme driver.
+        let nvme = PfSpec {
+            name: "nvme".into(),
+            bdf: "0000:01:00.0".into(),
+            vendor: 0x1b36,
+            device: 0x0010,
+            class: 0x01_0802,
+            bar0_size: 16 << 10,
+            id: 0x0020_0000,
+            regions: Vec::new(),
+            sriov: Some(VfSpec {
+                total: 2,
+                device: 0x0010,
+                class: 0x01_0802,
+                bar0_size: 16 << 10,
+                id_base: 0,
+                first_offset: 1,
+                stride: 1,
+            }),
+            driver: None,
+        };
+        // QEMU's igb (82576): 8 VFs at offset 128, stride 2; the PF is bound to igb.
+        let igb = |bdf: &str| PfSpec {
+            name: "igb".into(),
+            bdf: bdf.into(),
+            vendor: 0x8086,
+            device: 0x10c9,
+            class: 0x02_0000,
+            bar0_size: 128 << 10,
+            id: 0,
+            regions: Vec::new(),
+            sriov: Some(VfSpec {
+                total: 8,
+                device: 0x10ca,
+                class: 0x02_0000,
+                bar0_size: 16 << 10,
+                id_base: 0,
+                first_offset: 128,
+                stride: 2,
+            }),
+            driver: Some("igb".into()),
+        };
+        let edu_bdf = edu.bdf.clone();
+        let fw_uploads = ["rig-region0", "rig-personality", "rig-upload"]
+            .into_iter()
+            .map(|name| FwEntrySpec {
+                name: name.into(),
+                bdf: edu_bdf.clone(),
+                effect: FwEffect::TestFirmware,
+            })
+            .collect();
+        let mtd = |name: &str, size: u64| MtdSpec {
+            name: name.into(),
+            size,
+            erase_size: 64 << 10,
+        };
+        SimSpec {
+            functions: vec![edu, nvme, igb("0000:02:00.0"), igb("0000:03:00.0")],
+            fw_uploads,
+            mtds: vec![
+                mtd("nvmefw-a", 0x10_0000),
+                mtd("nvmefw-b", 0x10_0000),
+                mtd("nvmefw-sel", 0x2_0000),
+                mtd("edufw-a", 0x7_0000),
+                mtd("edufw-b", 0x7_0000),
+                mtd("edufw-sel", 0x2_0000),
+            ],
         }
     }
 }
@@ -169,5 +290,6 @@ fn nic_pf(index: u32, bdf: String, total_vfs: u32) -> PfSpec {
             first_offset: 1,
             stride: 1,
         }),
+        driver: sim_driver(),
     }
 }

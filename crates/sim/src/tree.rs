@@ -6,13 +6,14 @@ use std::path::{Path, PathBuf};
 use super::files::{
     create_if_missing, ensure_bar, ensure_symlink, read_attr, remove_if_present, write_atomic,
 };
-use super::spec::{FwEffect, PfSpec, SimSpec, VfSpec, REG_ID, REG_REGION_ID};
+use super::spec::{FwEffect, MtdSpec, PfSpec, SimSpec, VfSpec, REG_ID, REG_REGION_ID};
 use super::SimError;
 use accelgate_hw::PciBdf;
 
 /// Name of the manifest inside the simulation directory.
 pub const MANIFEST: &str = "sim.json";
-const DRIVER: &str = "accelgate-sim";
+/// `driver_override` of a function nobody overrode, as the kernel shows it.
+const NO_OVERRIDE: &str = "(null)\n";
 /// Files of a firmware-upload entry and their initial contents.
 const FW_FILES: [(&str, &str); 6] = [
     ("loading", "0\n"),
@@ -90,7 +91,8 @@ impl Tree {
         for dir in ["bus/pci/devices", "bus/pci/drivers", "class/firmware"] {
             mkdir_all(&sys.join(dir))?;
         }
-        mkdir_all(&sys.join("bus/pci/drivers").join(DRIVER))?;
+        // Written by the daemon (the kernel's file is write-only); the emulator binds then.
+        create_if_missing(&sys.join("bus/pci/drivers_probe"), "")?;
         for (index, pf) in self.spec.functions.iter().enumerate() {
             self.build_pf(index, pf)?;
         }
@@ -99,6 +101,12 @@ impl Tree {
             if entry.effect == FwEffect::Flash {
                 super::flash::build(self, entry)?;
             }
+            if entry.effect == FwEffect::TestFirmware {
+                mkdir_all(&self.test_firmware_dir())?;
+            }
+        }
+        for (index, mtd) in self.spec.mtds.iter().enumerate() {
+            self.build_mtd(index, mtd)?;
         }
         for pf in &self.spec.functions {
             if pf.sriov.is_some() {
@@ -136,7 +144,82 @@ impl Tree {
             class: pf.class,
         };
         self.write_function(&dir, &identity, &resources, pf.bar0_size, &registers)?;
+        create_if_missing(&dir.join("driver_override"), NO_OVERRIDE)?;
+        // The spec's driver is bound when the host comes up; a function without one keeps
+        // whatever was bound later (pci-pf-stub through drivers_probe), as a running kernel does.
+        if let Some(driver) = &pf.driver {
+            self.bind(&pf.bdf, driver)?;
+        }
         self.link_function(&pf.bdf)
+    }
+
+    /// `<bdf>/driver` -> `bus/pci/drivers/<driver>`, creating the driver's directory.
+    pub fn bind(&self, bdf: &str, driver: &str) -> Result<(), SimError> {
+        if driver.is_empty() || driver.starts_with('.') || driver.contains('/') {
+            return Err(SimError::InvalidSpec(format!("driver name {driver:?}")));
+        }
+        mkdir_all(&self.sys().join("bus/pci/drivers").join(driver))?;
+        ensure_symlink(
+            Path::new(&format!("../../../bus/pci/drivers/{driver}")),
+            &self.function_dir(bdf).join("driver"),
+        )
+    }
+
+    /// The kernel's `drivers_probe`: a function without a driver whose `driver_override` names
+    /// one gets it (only that driver may bind then). Unknown or bound functions are left alone.
+    pub fn probe(&self) -> Result<(), SimError> {
+        let probe = self.sys().join("bus/pci/drivers_probe");
+        let Some(bdf) = read_attr(&probe) else {
+            return Ok(());
+        };
+        let bdf = bdf.trim();
+        if PciBdf::parse(bdf).is_err() || self.pf_by_bdf(bdf).is_none() {
+            return Ok(());
+        }
+        let dir = self.function_dir(bdf);
+        if dir.join("driver").symlink_metadata().is_ok() {
+            return Ok(());
+        }
+        match read_attr(&dir.join("driver_override")) {
+            Some(driver) if !driver.is_empty() && driver != "(null)" => {
+                self.bind(bdf, driver.trim())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Where the simulated `test_firmware` driver keeps what each entry received.
+    pub fn test_firmware_dir(&self) -> PathBuf {
+        self.root.join("test_firmware")
+    }
+
+    /// `sys/class/mtd/mtd<N>/{name,size,erasesize,type}` as the kernel publishes them, and the
+    /// partition's bytes in `dev/mtd<N>` (a regular file; erased NOR reads 0xff). Existing
+    /// contents of the right size are kept, as flash keeps them.
+    fn build_mtd(&self, index: usize, mtd: &MtdSpec) -> Result<(), SimError> {
+        let valid_name = !mtd.name.is_empty() && !mtd.name.contains(['/', '\n']);
+        if !valid_name
+            || mtd.erase_size == 0
+            || mtd.size % mtd.erase_size != 0
+            || u32::try_from(mtd.size).is_err()
+        {
+            return Err(SimError::InvalidSpec(format!("MTD {:?}", mtd.name)));
+        }
+        let class = self.sys().join("class/mtd").join(format!("mtd{index}"));
+        mkdir_all(&class)?;
+        write_file(&class.join("name"), &format!("{}\n", mtd.name))?;
+        write_file(&class.join("size"), &format!("{}\n", mtd.size))?;
+        write_file(&class.join("erasesize"), &format!("{}\n", mtd.erase_size))?;
+        write_file(&class.join("type"), "nor\n")?;
+        let dev = self.root.join("dev");
+        mkdir_all(&dev)?;
+        let bytes = dev.join(format!("mtd{index}"));
+        let fresh = std::fs::metadata(&bytes).map_or(true, |m| m.len() != mtd.size);
+        if fresh {
+            let erased = vec![0xffu8; mtd.size as usize];
+            std::fs::write(&bytes, erased).map_err(SimError::io(&bytes))?;
+        }
+        Ok(())
     }
 
     /// Identity files, `resource`, `resource0` and the ID registers (rewritten every time:
@@ -162,11 +245,7 @@ impl Tree {
         }
         write_file(&dir.join("resource"), &resource)?;
         let bar = dir.join("resource0");
-        ensure_bar(&bar, bar0_size, registers)?;
-        ensure_symlink(
-            Path::new(&format!("../../../bus/pci/drivers/{DRIVER}")),
-            &dir.join("driver"),
-        )
+        ensure_bar(&bar, bar0_size, registers)
     }
 
     /// `sys/bus/pci/devices/<bdf>` -> the real directory.
@@ -315,7 +394,6 @@ impl Tree {
             &[(REG_ID, vfs.id_base | i)],
         )?;
         // VFs stay without a driver, as the daemon keeps them (sriov_drivers_autoprobe = 0).
-        remove_if_present(&vf_dir.join("driver"))?;
         ensure_symlink(Path::new(&format!("../{}", pf.bdf)), &vf_dir.join("physfn"))?;
         self.link_function(&vf_bdf)?;
         ensure_symlink(

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use super::backend::{BackendError, Fault, FirmwareBackend};
 use accelgate_hw::digest::hex;
-use accelgate_hw::mtd::{FlashIo, FlashIoError, MtdChar};
+use accelgate_hw::mtd::{FileFlash, FlashIo, FlashIoError, MtdChar};
 use accelgate_hw::slot::{image_version, FirmwareStatus, Slot, SlotInfo};
 use accelgate_hw::HwRoot;
 
@@ -65,6 +65,15 @@ impl MtdSlots {
                 cause,
             };
             let path = find_partition(hw, &partition).ok_or_else(|| err(Fault::NoPartition))?;
+            if hw.is_simulated() {
+                // The simulator's dev/mtd<N> is a file; its geometry is in sysfs.
+                let class = path
+                    .file_name()
+                    .map(|n| hw.path().join("sys/class/mtd").join(n))
+                    .ok_or_else(|| err(Fault::NoPartition))?;
+                let flash = FileFlash::open(&path, &class).map_err(|e| err(e.into()))?;
+                return Ok(Box::new(flash));
+            }
             Ok(Box::new(MtdChar::open(&path).map_err(|e| err(e.into()))?))
         };
         Ok(MtdSlots::new(open("a")?, open("b")?, open("sel")?))
