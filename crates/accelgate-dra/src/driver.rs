@@ -15,10 +15,11 @@ use crate::accel::{Accel, AccelOpError};
 use crate::cdi::{self, BusMount, CdiError, SliceEdits};
 use crate::checkpoint::{Checkpoint, CheckpointError, ClaimEntry, PrepareState, PreparedSlice};
 use crate::claim::{self, ClaimError};
+use crate::grpc::UnaryServer;
 use crate::proto::dra::{
-    dra_plugin_server::DraPlugin, Claim, Device, NodePrepareResourceResponse,
-    NodePrepareResourcesRequest, NodePrepareResourcesResponse, NodeUnprepareResourceResponse,
-    NodeUnprepareResourcesRequest, NodeUnprepareResourcesResponse,
+    Claim, Device, NodePrepareResourceResponse, NodePrepareResourcesRequest,
+    NodePrepareResourcesResponse, NodeUnprepareResourceResponse, NodeUnprepareResourcesRequest,
+    NodeUnprepareResourcesResponse, NODE_PREPARE_RESOURCES, NODE_UNPREPARE_RESOURCES,
 };
 use crate::publish;
 use crate::sysfs;
@@ -247,8 +248,21 @@ fn sha256_file(path: &Path) -> Result<String, PrepareError> {
 /// The gRPC face of [`Driver`]: every claim of a request gets an entry, failures in it.
 pub struct DraService(pub Arc<Driver>);
 
-#[tonic::async_trait]
-impl DraPlugin for DraService {
+impl DraService {
+    /// The gRPC server of the DRAPlugin service, for the DRA socket.
+    pub fn server(self: Arc<Self>) -> UnaryServer {
+        let prepare = self.clone();
+        UnaryServer::new()
+            .route(NODE_PREPARE_RESOURCES, move |r| {
+                let s = prepare.clone();
+                async move { s.node_prepare_resources(r).await }
+            })
+            .route(NODE_UNPREPARE_RESOURCES, move |r| {
+                let s = self.clone();
+                async move { s.node_unprepare_resources(r).await }
+            })
+    }
+
     async fn node_prepare_resources(
         &self,
         request: tonic::Request<NodePrepareResourcesRequest>,

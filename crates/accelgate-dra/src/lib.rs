@@ -4,12 +4,14 @@
 //! slices as a `ResourceSlice`, and for each claim the kubelet prepares it asks the daemon to
 //! assign the slice (and load the claim's image), then writes a CDI spec that gives the
 //! container the daemon's bus. Only [`accel`] talks to the daemon.
+#![forbid(unsafe_code)]
 
 pub mod accel;
 pub mod cdi;
 pub mod checkpoint;
 pub mod claim;
 pub mod driver;
+pub mod grpc;
 pub mod proto;
 pub mod publish;
 pub mod registration;

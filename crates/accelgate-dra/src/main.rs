@@ -1,4 +1,5 @@
 //! `accelgate-dra`: the kubelet plugin. See docs/kubernetes.md.
+#![forbid(unsafe_code)]
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -16,8 +17,6 @@ use accelgate_dra::accel::Accel;
 use accelgate_dra::cdi::BusMount;
 use accelgate_dra::checkpoint::Checkpoint;
 use accelgate_dra::driver::{DraService, Driver};
-use accelgate_dra::proto::dra::dra_plugin_server::DraPluginServer;
-use accelgate_dra::proto::registration::registration_server::RegistrationServer;
 use accelgate_dra::publish::{self, PublishConfig};
 use accelgate_dra::registration::RegistrationService;
 
@@ -90,13 +89,6 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    // rustls is built with two crypto providers (see Cargo.toml) and refuses to guess.
-    if rustls::crypto::ring::default_provider()
-        .install_default()
-        .is_err()
-    {
-        tracing::debug!("a rustls crypto provider was already installed");
-    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -196,22 +188,27 @@ async fn run(args: Args) -> Result<(), StartError> {
     ));
 
     let shutdown = Arc::new(tokio::sync::Notify::new());
-    let dra = tonic::transport::Server::builder()
-        .add_service(DraPluginServer::new(DraService(driver)))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(dra_listener), {
+    let dra = tonic::transport::Server::builder().serve_with_incoming_shutdown(
+        Arc::new(DraService(driver)).server(),
+        UnixListenerStream::new(dra_listener),
+        {
             let s = shutdown.clone();
             async move { s.notified().await }
-        });
-    let reg = tonic::transport::Server::builder()
-        .add_service(RegistrationServer::new(RegistrationService {
-            driver: args.driver_name.clone(),
-            endpoint: dra_socket.display().to_string(),
-            registered: Arc::new(AtomicBool::new(false)),
-        }))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(reg_listener), {
+        },
+    );
+    let registration = Arc::new(RegistrationService {
+        driver: args.driver_name.clone(),
+        endpoint: dra_socket.display().to_string(),
+        registered: Arc::new(AtomicBool::new(false)),
+    });
+    let reg = tonic::transport::Server::builder().serve_with_incoming_shutdown(
+        registration.server(),
+        UnixListenerStream::new(reg_listener),
+        {
             let s = shutdown.clone();
             async move { s.notified().await }
-        });
+        },
+    );
     tracing::info!(
         registration = %reg_socket.display(),
         endpoint = %dra_socket.display(),

@@ -3,9 +3,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::grpc::UnaryServer;
 use crate::proto::registration::{
-    registration_server::Registration, InfoRequest, PluginInfo, RegistrationStatus,
-    RegistrationStatusResponse,
+    InfoRequest, PluginInfo, RegistrationStatus, RegistrationStatusResponse, GET_INFO,
+    NOTIFY_REGISTRATION_STATUS,
 };
 
 /// The plugin type the kubelet routes to its DRA manager.
@@ -21,8 +22,21 @@ pub struct RegistrationService {
     pub registered: Arc<AtomicBool>,
 }
 
-#[tonic::async_trait]
-impl Registration for RegistrationService {
+impl RegistrationService {
+    /// The gRPC server of this service, for the registration socket.
+    pub fn server(self: Arc<Self>) -> UnaryServer {
+        let info = self.clone();
+        UnaryServer::new()
+            .route(GET_INFO, move |r| {
+                let s = info.clone();
+                async move { s.get_info(r).await }
+            })
+            .route(NOTIFY_REGISTRATION_STATUS, move |r| {
+                let s = self.clone();
+                async move { s.notify_registration_status(r).await }
+            })
+    }
+
     async fn get_info(
         &self,
         _request: tonic::Request<InfoRequest>,

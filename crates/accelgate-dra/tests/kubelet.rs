@@ -1,37 +1,136 @@
 //! The plugin as the kubelet sees it, without a cluster: this test registers it over its
 //! registration socket, prepares and unprepares claims over gRPC, against the real daemon on
-//! the simulated host and a loopback fake of the Kubernetes API.
+//! the simulated host (testkit's private bus and daemon) and a loopback fake of the Kubernetes
+//! API. The plugin runs as testkit's operator user, the Pods' tenant is its first tenant user.
+//!
+//! Needs root, dbus-daemon, busctl, setpriv and podman (scripts/install-test-deps installs
+//! them); a missing one fails the test with a message.
 
-mod common;
+mod fake_kube;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use accelgate_dra::proto::dra::dra_plugin_client::DraPluginClient;
 use accelgate_dra::proto::dra::{
-    Claim, NodePrepareResourceResponse, NodePrepareResourcesRequest, NodeUnprepareResourcesRequest,
+    Claim, NodePrepareResourceResponse, NodePrepareResourcesRequest, NodePrepareResourcesResponse,
+    NodeUnprepareResourcesRequest, NodeUnprepareResourcesResponse, NODE_PREPARE_RESOURCES,
+    NODE_UNPREPARE_RESOURCES,
 };
-use accelgate_dra::proto::registration::registration_client::RegistrationClient;
-use accelgate_dra::proto::registration::InfoRequest;
-use common::fake_kube::FakeKube;
-use common::*;
+use accelgate_dra::proto::registration::{InfoRequest, PluginInfo, GET_INFO};
+use accelgate_testkit::{
+    ctl, ensure_users, repo_path, require_binary, test_dir, uid_of, TestBus, TestDaemon,
+};
+use fake_kube::FakeKube;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 const DRIVER: &str = "accelgate.org";
 const NODE: &str = "node1";
+/// The plugin's user: the test's policy gives it the `kubernetes` role.
+const PLUGIN_USER: &str = "ag-operator";
+/// The user the claims name as tenant (a member of the simulated policy's tenant group).
+const TENANT_USER: &str = "ag-tenant1";
+/// Another tenant, for claims that must be refused.
+const OTHER_TENANT: &str = "ag-tenant2";
 
-/// The simulated policy plus a role for the plugin's user (assign and release slices, load
-/// images into them, on every slice of the node) and a tenant role for the Pods' user.
+/// The simulated policy plus a role for the plugin's user: assign and release slices and load
+/// images into them, on every slice of the node (docs/kubernetes.md gives the same role).
 fn policy(dir: &Path) -> PathBuf {
     let mut text = fs::read_to_string(repo_path("policy/simulated.toml")).unwrap();
     text.push_str(&format!(
-        "\n[[role]]\nid = \"kubernetes\"\nusers = [\"{PLUGIN_USER}\"]\noperations = [\"slice.assign\", \"slice.program\", \"slice.read\"]\n\n[[role]]\nid = \"pod_tenant\"\nusers = [\"{TENANT_USER}\"]\noperations = [\"slice.read\", \"slice.write\"]\nscope = \"assigned\"\n"
+        "\n[[role]]\nid = \"kubernetes\"\nusers = [\"{PLUGIN_USER}\"]\noperations = [\"slice.assign\", \"slice.program\", \"slice.read\"]\n"
     ));
     let p = dir.join("policy.toml");
     fs::write(&p, text).unwrap();
     p
+}
+
+/// The plugin process, stopped (SIGTERM, then SIGKILL) when dropped.
+struct Plugin {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Plugin {
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crash or an OOM kill would.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn assert_alive(&mut self) {
+        if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+            panic!("accelgate-dra exited with {status}:\n{}", self.log_text());
+        }
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Polls `f` until it returns Some, or fails after `secs` with `what`.
+fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A directory owned by `user` (the kubelet's directories, where the plugin makes sockets).
+fn owned_dir(path: &Path, user: &str) -> PathBuf {
+    fs::create_dir_all(path).unwrap();
+    let uid = nix::unistd::Uid::from_raw(uid_of(user));
+    nix::unistd::chown(path, Some(uid), None).unwrap();
+    path.to_owned()
+}
+
+/// One unary gRPC call, as the kubelet makes it.
+async fn call<Req, Resp>(channel: &tonic::transport::Channel, path: &'static str, req: Req) -> Resp
+where
+    Req: prost::Message + Send + Sync + 'static,
+    Resp: prost::Message + Default + Send + Sync + 'static,
+{
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready()
+        .await
+        .expect("the plugin's gRPC server is ready");
+    grpc.unary(
+        tonic::Request::new(req),
+        http::uri::PathAndQuery::from_static(path),
+        tonic_prost::ProstCodec::<Req, Resp>::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{path}: {e}"))
+    .into_inner()
 }
 
 struct Dirs {
@@ -42,7 +141,7 @@ struct Dirs {
     kubeconfig: PathBuf,
 }
 
-fn start_plugin(dir: &Path, d: &Dirs, bus: &TestBus) -> Proc {
+fn start_plugin(dir: &Path, d: &Dirs, bus: &TestBus) -> Plugin {
     let setpriv = require_binary("setpriv", "util-linux");
     let log = dir.join("plugin.log");
     let child = Command::new(setpriv)
@@ -65,7 +164,7 @@ fn start_plugin(dir: &Path, d: &Dirs, bus: &TestBus) -> Proc {
         .arg(&d.images)
         .args(["--bus", &bus.address])
         .arg("--bus-socket")
-        .arg(&bus.socket)
+        .arg(bus.socket())
         .arg("--sysfs")
         .arg(dir.join("sim/sys"))
         .env("KUBECONFIG", &d.kubeconfig)
@@ -81,7 +180,7 @@ fn start_plugin(dir: &Path, d: &Dirs, bus: &TestBus) -> Proc {
         )
         .spawn()
         .expect("cannot start accelgate-dra");
-    let mut p = Proc {
+    let mut p = Plugin {
         child: Some(child),
         log,
     };
@@ -89,7 +188,7 @@ fn start_plugin(dir: &Path, d: &Dirs, bus: &TestBus) -> Proc {
     let reg = d.registry.join(format!("{DRIVER}-reg.sock"));
     let dra = d.plugins.join(DRIVER).join("dra.sock");
     wait_for(30, "the plugin's sockets", || {
-        p.assert_alive("accelgate-dra");
+        p.assert_alive();
         let up = |s: &Path| std::os::unix::net::UnixStream::connect(s).is_ok();
         (up(&reg) && up(&dra)).then_some(())
     });
@@ -147,16 +246,14 @@ fn claim(uid: &str, name: &str) -> Claim {
     }
 }
 
-async fn prepare(
-    client: &mut DraPluginClient<tonic::transport::Channel>,
-    c: Claim,
-) -> NodePrepareResourceResponse {
+async fn prepare(dra: &tonic::transport::Channel, c: Claim) -> NodePrepareResourceResponse {
     let uid = c.uid.clone();
-    let resp = client
-        .node_prepare_resources(NodePrepareResourcesRequest { claims: vec![c] })
-        .await
-        .expect("NodePrepareResources")
-        .into_inner();
+    let resp: NodePrepareResourcesResponse = call(
+        dra,
+        NODE_PREPARE_RESOURCES,
+        NodePrepareResourcesRequest { claims: vec![c] },
+    )
+    .await;
     assert_eq!(resp.claims.len(), 1, "one entry per claim");
     resp.claims
         .get(&uid)
@@ -164,13 +261,14 @@ async fn prepare(
         .expect("an entry for the claim")
 }
 
-async fn unprepare(client: &mut DraPluginClient<tonic::transport::Channel>, c: Claim) -> String {
+async fn unprepare(dra: &tonic::transport::Channel, c: Claim) -> String {
     let uid = c.uid.clone();
-    let resp = client
-        .node_unprepare_resources(NodeUnprepareResourcesRequest { claims: vec![c] })
-        .await
-        .expect("NodeUnprepareResources")
-        .into_inner();
+    let resp: NodeUnprepareResourcesResponse = call(
+        dra,
+        NODE_UNPREPARE_RESOURCES,
+        NodeUnprepareResourcesRequest { claims: vec![c] },
+    )
+    .await;
     resp.claims
         .get(&uid)
         .expect("an entry for the claim")
@@ -208,31 +306,34 @@ fn resolve_cdi(dir: &Path, id: &str) -> (String, Value) {
     panic!("no CDI spec in {} defines {id}", dir.display());
 }
 
-fn programs(dir: &Path) -> usize {
-    audit(dir)
-        .iter()
+/// How many image loads the daemon allowed, from its audit log.
+fn programs(daemon: &TestDaemon) -> usize {
+    fs::read_to_string(daemon.state_dir.join("audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
         .filter(|r| r["operation"] == "slice.program" && r["decision"] == "allow")
         .count()
 }
 
 fn slice_json(address: &str, target: &str) -> Value {
-    let (ok, out, err) = ctl(address, "root", &["--json", "show", target]);
-    assert!(ok, "accelctl show {target}: {err}");
-    serde_json::from_str(&out).unwrap()
+    ctl(address, "root", &["--json", "show", target])
+        .ok()
+        .json()
 }
 
 /// fpga0/region0's first scratch register, read as root.
 fn scratch(address: &str) -> u64 {
-    let (ok, out, err) = ctl(
+    let regs = ctl(
         address,
         "root",
         &["--json", "read", "fpga0/region0", "0x100", "--width", "4"],
-    );
-    assert!(ok, "accelctl read: {err}");
-    let regs: Value = serde_json::from_str(&out).unwrap();
+    )
+    .ok()
+    .json();
     regs[0]["value"]
         .as_u64()
-        .unwrap_or_else(|| panic!("no register value in {out}"))
+        .unwrap_or_else(|| panic!("no register value in {regs}"))
 }
 
 fn last_devices(kube: &FakeKube) -> Option<(i64, Vec<Value>)> {
@@ -361,10 +462,10 @@ fn podman_applies(dir: &Path, spec: &Path, cdi_id: &str, bus_socket: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plays_the_kubelet() {
     ensure_users();
-    let dir = test_dir("kubelet");
+    let dir = test_dir("dra-kubelet");
     let bus = TestBus::start(&dir);
     let policy = policy(&dir);
-    let _daemon = start_daemon(&bus, &dir, &policy);
+    let daemon = TestDaemon::start(&bus, &dir, &policy);
     let kube = FakeKube::start();
     let d = Dirs {
         registry: owned_dir(&dir.join("plugins_registry"), PLUGIN_USER),
@@ -382,17 +483,13 @@ async fn plays_the_kubelet() {
         .map(|b| format!("{b:02x}"))
         .collect();
     let tenant_uid = uid_of(TENANT_USER);
+    let other_uid = uid_of(OTHER_TENANT);
 
     let mut plugin = start_plugin(&dir, &d, &bus);
 
     // Registration, as the kubelet's plugin watcher does it.
-    let mut reg =
-        RegistrationClient::new(channel(d.registry.join(format!("{DRIVER}-reg.sock"))).await);
-    let info = reg
-        .get_info(InfoRequest {})
-        .await
-        .expect("GetInfo")
-        .into_inner();
+    let reg = channel(d.registry.join(format!("{DRIVER}-reg.sock"))).await;
+    let info: PluginInfo = call(&reg, GET_INFO, InfoRequest {}).await;
     assert_eq!(info.r#type, "DRAPlugin");
     assert_eq!(info.name, DRIVER);
     let endpoint = d.plugins.join(DRIVER).join("dra.sock");
@@ -428,8 +525,7 @@ async fn plays_the_kubelet() {
     );
 
     // The daemon's signals move the publication: 2 VFs appear as devices, generation grows.
-    let (ok, _, err) = ctl(&bus.address, "root", &["vfs", "nic0", "2"]);
-    assert!(ok, "accelctl vfs: {err}");
+    ctl(&bus.address, "root", &["vfs", "nic0", "2"]).ok();
     let generation1 = wait_for(30, "the VFs in the ResourceSlice", || {
         let (g, devs) = last_devices(&kube)?;
         (device(&devs, "nic0-vf1").is_some()).then_some(g)
@@ -439,7 +535,7 @@ async fn plays_the_kubelet() {
         "generation {generation1} after {generation0}"
     );
 
-    let mut dra = DraPluginClient::new(channel(endpoint.clone()).await);
+    let dra = channel(endpoint.clone()).await;
 
     // A VF bound to vfio-pci (the simulated sysfs says so) gets its /dev/vfio nodes; a uid
     // that begins with a letter keeps the spec at cdiVersion 0.3.0.
@@ -456,7 +552,7 @@ async fn plays_the_kubelet() {
     kube.put_claim(claim_fixture(
         uid_v, "claim-vf", "nic0-vf0", tenant_uid, None,
     ));
-    let v = prepare(&mut dra, claim(uid_v, "claim-vf")).await;
+    let v = prepare(&dra, claim(uid_v, "claim-vf")).await;
     assert_eq!(v.error, "", "{}", plugin.log_text());
     let (version, edits) = resolve_cdi(&d.cdi, &v.devices[0].cdi_device_ids[0]);
     assert_eq!(version, "0.3.0");
@@ -467,7 +563,7 @@ async fn plays_the_kubelet() {
         .map(|n| n["path"].as_str().unwrap())
         .collect();
     assert_eq!(nodes, ["/dev/vfio/vfio", "/dev/vfio/42"]);
-    assert_eq!(unprepare(&mut dra, claim(uid_v, "claim-vf")).await, "");
+    assert_eq!(unprepare(&dra, claim(uid_v, "claim-vf")).await, "");
     assert_eq!(slice_json(&bus.address, "nic0/vf0")["tenant"], "");
 
     // A uid beginning with a digit: its CDI device name needs cdiVersion 0.5.0.
@@ -479,7 +575,7 @@ async fn plays_the_kubelet() {
         tenant_uid,
         Some("app.bin"),
     ));
-    let a = prepare(&mut dra, claim(uid_a, "claim-a")).await;
+    let a = prepare(&dra, claim(uid_a, "claim-a")).await;
     assert_eq!(a.error, "", "prepare failed:\n{}", plugin.log_text());
     assert_eq!(a.devices.len(), 1);
     assert_eq!(a.devices[0].device_name, "fpga0-region0");
@@ -504,7 +600,7 @@ async fn plays_the_kubelet() {
     );
     assert_eq!(
         edits["mounts"][0]["hostPath"],
-        bus.socket.display().to_string()
+        bus.socket().display().to_string()
     );
     assert_eq!(
         edits["mounts"][0]["containerPath"],
@@ -514,21 +610,21 @@ async fn plays_the_kubelet() {
         &dir,
         &d.cdi.join(format!("accelgate-{uid_a}.json")),
         &cdi_id,
-        &bus.socket,
+        &bus.socket(),
     );
 
     // The daemon did it: the slice is the tenant's and holds the image.
     let shown = slice_json(&bus.address, "fpga0/region0");
     assert_eq!(shown["tenant"], format!("user:{TENANT_USER}"), "{shown}");
     assert_eq!(shown["image_sha256"], image_sha, "{shown}");
-    assert_eq!(programs(&dir), 1);
+    assert_eq!(programs(&daemon), 1);
     // ... and the tenant can use it through the bus the spec mounts.
-    let (ok, _, err) = ctl(
+    ctl(
         &bus.address,
         TENANT_USER,
         &["write", "fpga0/region0", "0x100", "0xcafe", "--width", "4"],
-    );
-    assert!(ok, "tenant write: {err}");
+    )
+    .ok();
     assert_eq!(scratch(&bus.address), 0xcafe);
     // The loaded image is published.
     wait_for(30, "imageSha256 in the ResourceSlice", || {
@@ -542,9 +638,9 @@ async fn plays_the_kubelet() {
     let spec_path = d.cdi.join(format!("accelgate-{uid_a}.json"));
     let spec_before = fs::read(&spec_path).unwrap();
     let mtime_before = fs::metadata(&spec_path).unwrap().modified().unwrap();
-    let again = prepare(&mut dra, claim(uid_a, "claim-a")).await;
+    let again = prepare(&dra, claim(uid_a, "claim-a")).await;
     assert_eq!(again, a);
-    assert_eq!(programs(&dir), 1, "the image was loaded again");
+    assert_eq!(programs(&daemon), 1, "the image was loaded again");
     assert_eq!(
         fs::metadata(&spec_path).unwrap().modified().unwrap(),
         mtime_before
@@ -553,11 +649,11 @@ async fn plays_the_kubelet() {
     // So does a repeat after the plugin is killed and started again.
     plugin.kill();
     let mut plugin = start_plugin(&dir, &d, &bus);
-    let mut dra = DraPluginClient::new(channel(endpoint.clone()).await);
-    let after_restart = prepare(&mut dra, claim(uid_a, "claim-a")).await;
+    let dra = channel(endpoint.clone()).await;
+    let after_restart = prepare(&dra, claim(uid_a, "claim-a")).await;
     assert_eq!(after_restart, a, "plugin log:\n{}", plugin.log_text());
     assert_eq!(
-        programs(&dir),
+        programs(&daemon),
         1,
         "the image was loaded again after a restart"
     );
@@ -569,10 +665,10 @@ async fn plays_the_kubelet() {
         uid_b,
         "claim-b",
         "fpga0-region0",
-        tenant_uid + 1,
+        other_uid,
         None,
     ));
-    let b = prepare(&mut dra, claim(uid_b, "claim-b")).await;
+    let b = prepare(&dra, claim(uid_b, "claim-b")).await;
     assert!(
         b.error.contains("held by claim"),
         "expected a refusal, got {b:?}"
@@ -583,19 +679,19 @@ async fn plays_the_kubelet() {
         format!("user:{TENANT_USER}")
     );
     // Unpreparing the refused claim must not release the holder's slice.
-    assert_eq!(unprepare(&mut dra, claim(uid_b, "claim-b")).await, "");
+    assert_eq!(unprepare(&dra, claim(uid_b, "claim-b")).await, "");
     assert_eq!(
         slice_json(&bus.address, "fpga0/region0")["tenant"],
         format!("user:{TENANT_USER}")
     );
 
     // A slice held by a tenant outside Kubernetes is refused too (the daemon says Busy).
-    let (ok, _, err) = ctl(
+    ctl(
         &bus.address,
         "root",
         &["assign", "fpga0/region1", TENANT_USER],
-    );
-    assert!(ok, "{err}");
+    )
+    .ok();
     // Assigned by hand, it leaves the ResourceSlice: the scheduler is not offered it.
     wait_for(30, "fpga0-region1 to leave the ResourceSlice", || {
         let (_, devs) = last_devices(&kube)?;
@@ -606,22 +702,22 @@ async fn plays_the_kubelet() {
         uid_c,
         "claim-c",
         "fpga0-region1",
-        tenant_uid + 1,
+        other_uid,
         None,
     ));
-    let c = prepare(&mut dra, claim(uid_c, "claim-c")).await;
+    let c = prepare(&dra, claim(uid_c, "claim-c")).await;
     assert!(
         c.error.contains("held by tenant"),
         "expected a refusal, got {c:?}"
     );
-    assert_eq!(unprepare(&mut dra, claim(uid_c, "claim-c")).await, "");
+    assert_eq!(unprepare(&dra, claim(uid_c, "claim-c")).await, "");
     assert_eq!(
         slice_json(&bus.address, "fpga0/region1")["tenant"],
         format!("user:{TENANT_USER}")
     );
 
     // Unprepare: the spec goes, the daemon scrubs and unassigns the slice.
-    assert_eq!(unprepare(&mut dra, claim(uid_a, "claim-a")).await, "");
+    assert_eq!(unprepare(&dra, claim(uid_a, "claim-a")).await, "");
     assert!(!spec_path.exists(), "the CDI spec is still there");
     let shown = slice_json(&bus.address, "fpga0/region0");
     assert_eq!(shown["tenant"], "", "{shown}");
@@ -632,7 +728,7 @@ async fn plays_the_kubelet() {
         "the scratch register was not scrubbed"
     );
     // Twice, and for a claim nobody prepared: both succeed and leave no spec.
-    assert_eq!(unprepare(&mut dra, claim(uid_a, "claim-a")).await, "");
+    assert_eq!(unprepare(&dra, claim(uid_a, "claim-a")).await, "");
     fs::write(
         d.cdi
             .join("accelgate-d0d0d0d0-0000-4000-8000-000000000000.json"),
@@ -640,11 +736,7 @@ async fn plays_the_kubelet() {
     )
     .unwrap();
     assert_eq!(
-        unprepare(
-            &mut dra,
-            claim("d0d0d0d0-0000-4000-8000-000000000000", "ghost")
-        )
-        .await,
+        unprepare(&dra, claim("d0d0d0d0-0000-4000-8000-000000000000", "ghost")).await,
         ""
     );
     assert!(!d
@@ -653,11 +745,11 @@ async fn plays_the_kubelet() {
         .exists());
 
     // The refused claim gets the slice now that it is free.
-    let b = prepare(&mut dra, claim(uid_b, "claim-b")).await;
+    let b = prepare(&dra, claim(uid_b, "claim-b")).await;
     assert_eq!(b.error, "", "{}", plugin.log_text());
-    assert_eq!(unprepare(&mut dra, claim(uid_b, "claim-b")).await, "");
+    assert_eq!(unprepare(&dra, claim(uid_b, "claim-b")).await, "");
 
-    plugin.assert_alive("accelgate-dra");
+    plugin.assert_alive();
     assert!(
         kube.unexpected().is_empty(),
         "unexpected API requests: {:?}",

@@ -314,6 +314,13 @@ impl TestBus {
     }
 }
 
+impl TestBus {
+    /// The bus's socket file (e.g. to mount into a container).
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("bus")
+    }
+}
+
 impl Drop for TestBus {
     fn drop(&mut self) {
         let _ = self.child.kill();
