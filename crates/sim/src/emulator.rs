@@ -370,7 +370,7 @@ fn upload_steps(
     }
     match slot_write {
         Some(w) => w.finish()?,
-        None => apply_effect(shared, entry, received.tag())?,
+        None => apply_effect(shared, entry, image, received.tag())?,
     }
     Ok(Outcome::Done)
 }
@@ -461,7 +461,13 @@ impl Received {
     }
 }
 
-fn apply_effect(shared: &Shared, entry: &FwEntrySpec, loaded: Option<u64>) -> Result<(), SimError> {
+/// What the device does with a received image; `loaded` is its tag, taken as it arrived.
+fn apply_effect(
+    shared: &Shared,
+    entry: &FwEntrySpec,
+    image: &[u8],
+    loaded: Option<u64>,
+) -> Result<(), SimError> {
     let tree = &shared.tree;
     let pf = tree
         .pf_by_bdf(&entry.bdf)
