@@ -36,6 +36,8 @@ const BLANK_IMAGE_SIZE: usize = 1024;
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(600);
 /// Longest the kernel may take to create or remove VFs.
 const SRIOV_TIMEOUT: Duration = Duration::from_secs(30);
+/// A function reset (FLR) takes ~100 ms on hardware; the simulator answers within milliseconds.
+const RESET_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The firmware properties of a device.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -269,8 +271,8 @@ impl Engine {
         let (_, slice) = self.target_slice(&auth)?;
         let width = Width::try_from(width).map_err(|e| self.deny_by_limit(&auth, e.into()))?;
         slice
-            .window
-            .read(offset, count, width)
+            .with_window(|w| w.read(offset, count, width))
+            .map_err(gone)?
             .map_err(|e| self.deny_by_limit(&auth, e.into()))
     }
 
@@ -290,7 +292,7 @@ impl Engine {
         let len = (values.len() as u64).checked_mul(width.bytes());
         let end = len.and_then(|l| offset.checked_add(l));
         match end {
-            Some(end) if end <= slice.window.size() && !slice.may_write(offset, end) => {
+            Some(end) if end <= slice.size() && !slice.may_write(offset, end) => {
                 return Err(self.deny_by_limit(
                     auth,
                     CoreError::InvalidArgument(format!(
@@ -303,8 +305,8 @@ impl Engine {
             _ => {}
         }
         slice
-            .window
-            .write(offset, values, width)
+            .with_window(|w| w.write(offset, values, width))
+            .map_err(gone)?
             .map_err(|e| self.deny_by_limit(auth, e.into()))
     }
 
@@ -358,7 +360,7 @@ impl Engine {
                 assigned
             ),
             accelgate_policy::RoleDecision::Allow { .. }
-        ) && slice.may_write(0, slice.window.size());
+        ) && slice.may_write(0, slice.size());
         // Recorded before the fd leaves: the slice goes to no other tenant until the mapping
         // is revoked (see docs/security.md).
         if let Some(t) = tenant {
@@ -432,6 +434,7 @@ impl Engine {
             return Ok(());
         }
         self.scrub(d, s, &slice).await?;
+        self.reset_function(d, s, &slice).await?;
         self.update_state(|st| st.slice_mut(d, s).tenant = None)
             .await?;
         self.slice_changed(d, s);
@@ -442,10 +445,13 @@ impl Engine {
     /// image is marked in flux first, so a crash half-way is finished on the next start.
     async fn scrub(&self, d: &str, s: &str, slice: &Arc<SliceRt>) -> Result<(), CoreError> {
         for &(start, end) in &slice.writable {
-            slice
-                .window
-                .zero(start, end)
-                .map_err(|e| CoreError::Failed(format!("scrubbing {d}/{s}: {e}")))?;
+            match slice.with_window(|w| w.zero(start, end)) {
+                Ok(result) => {
+                    result.map_err(|e| CoreError::Failed(format!("scrubbing {d}/{s}: {e}")))?
+                }
+                // A removed function keeps nothing for the next tenant.
+                Err(_) => break,
+            }
         }
         let had_image = {
             let st = self.state();
@@ -465,6 +471,47 @@ impl Engine {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Resets a VF between tenants (FLR through its `reset` attribute), so no device state
+    /// the old tenant left reaches the next one. A VF that was mapped is also recreated before
+    /// anyone else gets it (see `assign`); a reset alone does not end a mapping. Regions share
+    /// their function with the device and are not reset.
+    async fn reset_function(
+        &self,
+        d: &str,
+        s: &str,
+        slice: &Arc<SliceRt>,
+    ) -> Result<(), CoreError> {
+        let Some(function) = slice
+            .mappable_resource
+            .as_ref()
+            .and_then(|r| r.parent())
+            .map(|f| f.to_path_buf())
+        else {
+            return Ok(());
+        };
+        let worker = slice.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            worker.quiesced(|| accelgate_hw::reset_function(&function, RESET_TIMEOUT))
+        })
+        .await
+        .map_err(CoreError::Task)?;
+        match result {
+            Ok(()) => Ok(()),
+            // A VF without a reset method keeps its scrub (writable ranges zeroed); say so.
+            Err(e @ accelgate_hw::PciError::NoReset(_)) => {
+                tracing::warn!(
+                    "{d}/{s}: {}; only its writable ranges were zeroed",
+                    error_chain(&e)
+                );
+                Ok(())
+            }
+            Err(e) => Err(CoreError::Failed(format!(
+                "resetting {d}/{s}: {}",
+                error_chain(&e)
+            ))),
+        }
     }
 
     pub async fn program(
@@ -707,6 +754,9 @@ impl Engine {
                 .sriov
                 .as_ref()
                 .ok_or_else(|| "no SR-IOV".to_owned())?;
+            // Unmapped before the kernel removes the functions, not after: an access through
+            // a mapping of a removed resource file faults and would end the daemon.
+            worker.revoke_vf_windows(worker.num_vfs(), count);
             sriov
                 .set_num_vfs(count, SRIOV_TIMEOUT)
                 .map_err(|e| error_chain(&e))?;
@@ -1144,4 +1194,9 @@ fn open_devices(hw: &HwRoot, policy: &RolePolicy) -> BTreeMap<String, Arc<Device
         }
     }
     out
+}
+
+/// A slice whose function was removed while a request held it: NotFound, saying why.
+fn gone(e: super::devices::DeviceError) -> CoreError {
+    CoreError::NotFound(e.to_string())
 }

@@ -403,7 +403,7 @@ impl SliceObject {
 
     #[zbus(property)]
     fn size(&self) -> fdo::Result<u64> {
-        Ok(self.rt()?.window.size())
+        Ok(self.rt()?.size())
     }
 
     #[zbus(property)]
