@@ -18,6 +18,7 @@ use super::authz::{Gate, Target};
 use super::devices::{vf_index, DeviceRt, SliceRt};
 use super::error::{error_chain, CoreError};
 use super::events::{Event, EventSink};
+use super::firmware::rollback;
 use super::firmware::{
     image_version, open_backend, recover_interrupted, run_flash, verify_image, FirmwareRecords,
     FlashError, FlashRequest,
@@ -864,6 +865,7 @@ impl Engine {
         target: Target,
         fd: OwnedFd,
         signature: Option<Vec<u8>>,
+        force: bool,
     ) -> Result<JobId, CoreError> {
         let checked = self.authorize_role(req, Operation::DeviceFlash, target)?;
         let auth = &checked;
@@ -879,6 +881,17 @@ impl Engine {
             return Err(self.deny_by_limit(
                 auth,
                 CoreError::Locked(format!("firmware of {d} is locked by policy")),
+            ));
+        }
+        // `force` overrides the policy's downgrade rule, so it is an admin's: whoever may
+        // reload the policy (and so could relax the rule anyway).
+        if force && !self.may_reload_policy(auth) {
+            return Err(self.deny_by_limit(
+                auth,
+                CoreError::NotAuthorized(format!(
+                    "force on a flash of {d} overrides the firmware policy and needs \
+                     policy.reload (an admin)"
+                )),
             ));
         }
         let image = self.take_image(auth, fd, dev.policy.max_image_size).await?;
@@ -898,31 +911,51 @@ impl Engine {
                 CoreError::VerificationFailed(format!("firmware image for {d} refused: {e}")),
             )
         })?;
+        let version = image_version(&image.bytes);
+        if let Err(e) = rollback::check_floor(&fw, &version) {
+            return Err(self.deny_by_limit(
+                auth,
+                CoreError::VerificationFailed(format!("firmware image for {d} refused: {e}")),
+            ));
+        }
         let auth = self.authorize_rest(checked, Some(&image.sha256)).await?;
         let busy = self.claim(auth.target(), &auth)?;
         self.recheck_at_use(&auth)?;
-        // Idempotent: the image already booting is not written again.
-        let already = {
-            let (hw, fw, sha) = (self.hw.clone(), fw.clone(), image.sha256.clone());
+        let active = {
+            let (hw, fw) = (self.hw.clone(), fw.clone());
             tokio::task::spawn_blocking(move || {
                 let st = open_backend(&hw, &fw).and_then(|b| b.status()).ok()?;
                 let active = st.slot(st.active);
-                (active.valid && active.sha256 == sha).then(|| {
-                    format!(
-                        "firmware {} ({sha}) is already active in slot {}",
-                        active.version,
-                        st.active.as_str()
-                    )
-                })
+                active
+                    .valid
+                    .then(|| (active.sha256.clone(), active.version.clone(), st.active))
             })
             .await
             .ok()
             .flatten()
         };
+        // Under the busy lock: no other flash changes the active firmware meanwhile.
+        if let Some((_, active_version, _)) = &active {
+            if let Err(e) = rollback::check_downgrade(&fw, &version, active_version, force) {
+                return Err(self.deny_by_limit(
+                    &auth,
+                    CoreError::VerificationFailed(format!("firmware image for {d} refused: {e}")),
+                ));
+            }
+        }
+        // Idempotent: the image already booting is not written again.
+        let already = active.and_then(|(sha, version, slot)| {
+            (sha == image.sha256).then(|| {
+                format!(
+                    "firmware {version} ({sha}) is already active in slot {}",
+                    slot.as_str()
+                )
+            })
+        });
         tracing::info!(
-            "{d}: flash of firmware {} ({}), {verified}, for uid {}",
-            image_version(&image.bytes),
+            "{d}: flash of firmware {version} ({}), {verified}{}, for uid {}",
             image.sha256,
+            if force { ", forced" } else { "" },
             auth.caller().uid
         );
         let daemon = self.clone();
@@ -1160,6 +1193,22 @@ impl Engine {
             Target::Slice(d, s) => self.slice(d, s),
             _ => Err(CoreError::Failed("not a slice target".into())),
         }
+    }
+
+    /// Whether the caller's roles grant `policy.reload`: what makes an admin for the options
+    /// that override the policy.
+    fn may_reload_policy(&self, auth: &Decision) -> bool {
+        let caller = auth.caller();
+        matches!(
+            self.policy().decide(
+                caller.uid,
+                &caller.gids,
+                Operation::PolicyReload,
+                None,
+                false
+            ),
+            accelgate_policy::RoleDecision::Allow { .. }
+        )
     }
 
     /// Takes the busy lock of a slice or device for the rest of an operation, or says Busy.
