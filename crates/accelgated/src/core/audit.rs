@@ -37,6 +37,9 @@ pub const DENIAL_BURST: u32 = 10;
 pub const DENIAL_WINDOW: Duration = Duration::from_secs(5);
 /// Keys tracked at once; beyond, new keys share one overflow key.
 pub const MAX_DENIAL_KEYS: usize = 4096;
+/// Denials of unidentified callers (no uid; keyed by their bus name) written per window in
+/// all; past it they share the overflow key.
+pub const UNIDENTIFIED_BURST: u32 = 100;
 /// Longest reason kept for a summary.
 const MAX_KEPT_REASON: usize = 256;
 
@@ -132,6 +135,9 @@ struct Rings {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct DenialKey {
     uid: Option<u32>,
+    /// The bus name of a caller without a uid (each is audited apart, within
+    /// [`UNIDENTIFIED_BURST`]).
+    sender: Option<String>,
     operation: String,
     gate: GateName,
 }
@@ -141,6 +147,7 @@ impl DenialKey {
     fn overflow() -> DenialKey {
         DenialKey {
             uid: None,
+            sender: None,
             operation: "*".into(),
             gate: GateName::Further("*"),
         }
@@ -168,6 +175,8 @@ struct Suppressed {
 struct DenialLimiter {
     windows: HashMap<DenialKey, DenialWindow>,
     last_sweep: Option<Instant>,
+    /// Start of the current window for unidentified callers, and how many were written in it.
+    unidentified: Option<(Instant, u32)>,
 }
 
 impl DenialLimiter {
@@ -176,9 +185,22 @@ impl DenialLimiter {
         let mut summaries = self.sweep(now, false);
         let mut key = DenialKey {
             uid: rec.uid,
+            sender: None,
             operation: rec.operation.to_owned(),
             gate: rec.gate,
         };
+        if rec.uid.is_none() {
+            let (start, written) = match self.unidentified {
+                Some((start, n)) if now.duration_since(start) < DENIAL_WINDOW => (start, n),
+                _ => (now, 0),
+            };
+            if written < UNIDENTIFIED_BURST {
+                key.sender = Some(rec.sender.chars().take(MAX_KEPT_REASON).collect());
+                self.unidentified = Some((start, written + 1));
+            } else {
+                key = DenialKey::overflow();
+            }
+        }
         if !self.windows.contains_key(&key) && self.windows.len() >= MAX_DENIAL_KEYS {
             summaries.extend(self.sweep(now, true));
             if self.windows.len() >= MAX_DENIAL_KEYS {
