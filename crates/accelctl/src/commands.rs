@@ -146,6 +146,7 @@ async fn dispatch(cli: &Cli) -> Result<(), CliError> {
             device,
             image,
             signature,
+            force,
         }) => {
             let image = SealedImage::from_path(image)?;
             let signature = match signature {
@@ -157,7 +158,9 @@ async fn dispatch(cli: &Cli) -> Result<(), CliError> {
                 }
                 None => None,
             };
-            let job = client.flash(device, &image, signature.as_deref()).await?;
+            let job = client
+                .flash_with(device, &image, signature.as_deref(), *force)
+                .await?;
             follow_job(client, format!("firmware flash {device}"), job, json).await
         }
         Command::Firmware(FirmwareCommand::Status { device }) => {

@@ -167,6 +167,10 @@ pub enum FirmwareCommand {
         /// minisign signature file of the image
         #[arg(long, value_name = "FILE")]
         signature: Option<PathBuf>,
+        /// Flash an image older than the active firmware although the policy refuses
+        /// downgrades (admins only; never below the policy's min_version)
+        #[arg(long)]
+        force: bool,
     },
     /// Show the firmware version and lock
     Status {

@@ -288,10 +288,25 @@ impl Client {
         image: &SealedImage,
         signature: Option<&[u8]>,
     ) -> Result<OwnedObjectPath, ClientError> {
+        self.flash_with(device, image, signature, false).await
+    }
+
+    /// [`Client::flash`] with `force`: an admin's override of the policy's downgrade rule
+    /// (an image older than the active firmware).
+    pub async fn flash_with(
+        &self,
+        device: &str,
+        image: &SealedImage,
+        signature: Option<&[u8]>,
+        force: bool,
+    ) -> Result<OwnedObjectPath, ClientError> {
         let proxy = self.device_proxy(device).await?;
         let mut options = Options::new();
         if let Some(signature) = signature {
             options.insert("signature", Variant::from(signature));
+        }
+        if force {
+            options.insert("force", Variant::from(true));
         }
         self.send_image(proxy.inner(), "Flash", image, options)
             .await

@@ -14,7 +14,7 @@ pub mod sriov;
 pub mod window;
 
 pub use fwupload::{FwUpload, FwUploadError};
-pub use pci::{BarInfo, PciBdf, PciError, PciFunction};
+pub use pci::{reset_function, BarInfo, PciBdf, PciError, PciFunction};
 pub use slot::{image_version, FirmwareStatus, Slot, SlotInfo, VERSION_HEADER};
 pub use sriov::{Sriov, SriovError};
 pub use window::{Access, SliceWindow, Width, WindowError, MAX_COUNT};

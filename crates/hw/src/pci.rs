@@ -1,8 +1,9 @@
 //! PCI functions as sysfs shows them: identity, driver and BAR resources.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use super::{parse_hex, read_attr, HwRoot};
+use super::{parse_hex, read_attr, write_attr, HwRoot};
 
 /// `IORESOURCE_MEM` in the flags column of the sysfs `resource` file.
 const IORESOURCE_MEM: u64 = 0x200;
@@ -27,6 +28,16 @@ pub enum PciError {
     NoSuchBar(u8),
     #[error("BAR {0} is not implemented by the function")]
     BarUnused(u8),
+    #[error("{0} has no reset method (no `reset` attribute)")]
+    NoReset(PathBuf),
+    #[error("resetting the function through {path} failed")]
+    Reset {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the reset through {0} did not finish in time")]
+    ResetTimeout(PathBuf),
 }
 
 /// A BAR as described by one line of the `resource` file.
@@ -164,6 +175,30 @@ impl PciFunction {
     pub fn resource_path(&self, n: u8) -> PathBuf {
         self.dir.join(format!("resource{n}"))
     }
+}
+
+/// Resets the PCI function whose sysfs directory is `function_dir`, the way the kernel offers
+/// it: "1" written to its `reset` attribute runs the function's reset method (FLR for a VF),
+/// and the write returns when the reset is done. The attribute is write-only on a real kernel,
+/// so it cannot be read back; a simulated one reads "1" until the simulator has reset the
+/// function, which is waited for (up to `timeout`).
+pub fn reset_function(function_dir: &Path, timeout: Duration) -> Result<(), PciError> {
+    let path = function_dir.join("reset");
+    if path.symlink_metadata().is_err() {
+        return Err(PciError::NoReset(function_dir.to_path_buf()));
+    }
+    write_attr(&path, "1").map_err(|source| PciError::Reset {
+        path: path.clone(),
+        source,
+    })?;
+    let deadline = Instant::now() + timeout;
+    while read_attr(&path).is_ok_and(|v| v == "1") {
+        if Instant::now() >= deadline {
+            return Err(PciError::ResetTimeout(path));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
 }
 
 fn read_id<T: TryFrom<u64>>(path: &Path) -> Result<T, PciError> {

@@ -12,6 +12,7 @@ mod parse;
 mod raw;
 #[cfg(test)]
 mod tests;
+pub mod version;
 
 pub use accounts::{Accounts, StaticAccounts, SystemAccounts};
 pub use decide::RoleDecision;
@@ -64,6 +65,11 @@ pub struct FirmwarePolicy {
     pub keys: Vec<String>,
     /// Accept images without a signature. Off unless the admin says so.
     pub allow_unsigned: bool,
+    /// The lowest firmware version that may be flashed, force or not (anti-rollback floor).
+    pub min_version: Option<String>,
+    /// Accept an image older than the active firmware without `force`. Off by default: a
+    /// downgrade needs an admin's `force`.
+    pub allow_downgrade: bool,
 }
 
 /// How an image reaches the device.
@@ -75,7 +81,7 @@ pub struct LoaderSpec {
     pub name: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LoaderBackend {
     /// The kernel firmware-upload class.
     FwUpload,

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::accounts::{Accounts, SystemAccounts};
 use super::parse::{parse_fragment, Fragment, PolicyError, Source};
-use super::RolePolicy;
+use super::{LoaderBackend, RolePolicy};
 
 /// The main file of a policy directory.
 const MAIN_FILE: &str = "policy.toml";
@@ -222,6 +222,52 @@ fn merge(
                     line: r.id_line,
                 },
             );
+        }
+    }
+
+    // A loader that shares a firmware entry would write an image to the flash without the
+    // firmware's signature check: refused, across files and devices.
+    let mut firmware_entries: HashMap<(LoaderBackend, &str), (&str, FirstSeen)> = HashMap::new();
+    for fragment in &fragments {
+        for d in &fragment.devices {
+            if let Some(fw) = &d.policy.firmware {
+                let seen = FirstSeen {
+                    file: fragment.file.clone(),
+                    line: d.id_line,
+                };
+                firmware_entries.insert((fw.backend, fw.name.as_str()), (&d.policy.id, seen));
+            }
+        }
+    }
+    for fragment in &fragments {
+        for d in &fragment.devices {
+            let personality = d.policy.personality.iter().map(|l| ("personality", l));
+            let loaders = d
+                .policy
+                .slices
+                .iter()
+                .filter_map(|s| s.loader.as_ref().map(|l| (s.id.as_str(), l)));
+            for (user, loader) in personality.chain(loaders) {
+                if let Some((owner, first)) =
+                    firmware_entries.get(&(loader.backend, loader.name.as_str()))
+                {
+                    let what = if user == "personality" {
+                        format!("the personality loader of device '{}'", d.policy.id)
+                    } else {
+                        format!("the loader of slice '{}/{user}'", d.policy.id)
+                    };
+                    return Err(PolicyError::Invalid {
+                        file: fragment.file.clone(),
+                        line: d.id_line,
+                        message: format!(
+                            "{what} uses '{}', the firmware entry of device '{owner}' \
+                             (defined at {}:{}): images loaded through it would reach the \
+                             firmware without its signature check; give the loader its own entry",
+                            loader.name, first.file, first.line
+                        ),
+                    });
+                }
+            }
         }
     }
 

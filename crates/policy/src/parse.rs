@@ -317,12 +317,27 @@ fn firmware(
         }
         keys.push(key.get_ref().clone());
     }
+    let min_version = match &raw.min_version {
+        Some(v) if crate::version::FirmwareVersion::parse(v.get_ref()).is_some() => {
+            Some(v.get_ref().clone())
+        }
+        Some(v) => {
+            return Err(src.invalid(
+                v.span(),
+                "invalid min_version (expected dot-separated numbers, e.g. \"2.1.0\", \
+                 optionally with a -pre-release or +build suffix)",
+            ))
+        }
+        None => None,
+    };
     Ok(FirmwarePolicy {
         backend,
         name,
         locked: raw.locked,
         keys,
         allow_unsigned: raw.allow_unsigned,
+        min_version,
+        allow_downgrade: raw.allow_downgrade,
     })
 }
 

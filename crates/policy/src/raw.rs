@@ -44,6 +44,9 @@ pub(super) struct RawFirmware {
     pub keys: Vec<Spanned<String>>,
     #[serde(default)]
     pub allow_unsigned: bool,
+    pub min_version: Option<Spanned<String>>,
+    #[serde(default)]
+    pub allow_downgrade: bool,
 }
 
 #[derive(Debug, Deserialize)]

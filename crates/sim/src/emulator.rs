@@ -66,6 +66,8 @@ enum Watched {
     Slots(usize),
     /// `sys/bus/pci` (its `drivers_probe`).
     PciBus,
+    /// The directory of a VF (PF index, VF index): its `reset` attribute.
+    Vf(usize, u32),
 }
 
 impl Emulator {
@@ -82,6 +84,7 @@ impl Emulator {
             if pf.sriov.is_some() {
                 let wd = add_watch(&inotify, &tree.function_dir(&pf.bdf))?;
                 watched.insert(wd, Watched::Pf(index));
+                watch_vfs(&tree, &inotify, &mut watched, index);
             }
         }
         for (index, entry) in tree.spec.fw_uploads.iter().enumerate() {
@@ -108,7 +111,7 @@ impl Emulator {
         let for_thread = Arc::clone(&shared);
         let watcher = std::thread::Builder::new()
             .name("sim-emulator".into())
-            .spawn(move || watch_loop(&for_thread, &inotify, &watched))
+            .spawn(move || watch_loop(&for_thread, &inotify, watched))
             .map_err(SimError::Thread)?;
         Ok(Emulator {
             shared,
@@ -139,10 +142,32 @@ fn add_watch(inotify: &Inotify, dir: &Path) -> Result<WatchDescriptor, SimError>
         .map_err(SimError::Inotify)
 }
 
+/// Watches the directories of the VFs that PF `index` has now (for their `reset`); a VF that
+/// goes away takes its watch with it (IN_IGNORED).
+fn watch_vfs(
+    tree: &Tree,
+    inotify: &Inotify,
+    watched: &mut HashMap<WatchDescriptor, Watched>,
+    index: usize,
+) {
+    let pf = &tree.spec.functions[index];
+    for i in 0..tree.existing_vfs(pf) {
+        let Some(dir) = tree.vf_dir(pf, i) else {
+            return;
+        };
+        match add_watch(inotify, &dir) {
+            Ok(wd) => {
+                watched.insert(wd, Watched::Vf(index, i));
+            }
+            Err(err) => tracing::warn!("simulator: cannot watch {}: {err}", dir.display()),
+        }
+    }
+}
+
 fn watch_loop(
     shared: &Arc<Shared>,
     inotify: &Inotify,
-    watched: &HashMap<WatchDescriptor, Watched>,
+    mut watched: HashMap<WatchDescriptor, Watched>,
 ) {
     while !shared.stop.load(Ordering::Relaxed) {
         let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
@@ -163,13 +188,25 @@ fn watch_loop(
             }
         };
         for event in events {
+            if event.mask.contains(AddWatchFlags::IN_IGNORED) {
+                watched.remove(&event.wd);
+                continue;
+            }
             let (Some(target), Some(name)) = (watched.get(&event.wd), event.name) else {
                 continue;
             };
             let result = match (target, name.to_str()) {
-                (Watched::Pf(index), Some("sriov_numvfs")) => shared
-                    .tree
-                    .reconcile_vfs(&shared.tree.spec.functions[*index]),
+                (Watched::Pf(index), Some("sriov_numvfs")) => {
+                    let index = *index;
+                    let result = shared
+                        .tree
+                        .reconcile_vfs(&shared.tree.spec.functions[index]);
+                    watch_vfs(&shared.tree, inotify, &mut watched, index);
+                    result
+                }
+                (Watched::Vf(pf, vf), Some("reset")) => {
+                    shared.tree.reset_vf(&shared.tree.spec.functions[*pf], *vf)
+                }
                 (Watched::Fw(index), Some("loading")) => on_loading(shared, *index),
                 (Watched::Fw(index), Some("cancel")) => on_cancel(shared, *index),
                 (Watched::PciBus, Some("drivers_probe")) => shared.tree.probe(),

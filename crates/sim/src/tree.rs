@@ -336,6 +336,51 @@ impl Tree {
         Ok(())
     }
 
+    /// The directory of VF `i` of `pf` (which need not exist).
+    pub fn vf_dir(&self, pf: &PfSpec, i: u32) -> Option<PathBuf> {
+        let vfs = pf.sriov.as_ref()?;
+        Some(self.function_dir(&vf_bdf(&pf.bdf, vfs, i)))
+    }
+
+    /// A function-level reset of VF `i` (what FLR does): every register back to its reset
+    /// value (zero, the read-only ID register restored), stored in place so that mappings of
+    /// the BAR see it. Counts the reset in the simulator-only file `sim_resets` (no kernel
+    /// attribute; tests read it), then empties `reset`, which tells the writer it is done.
+    pub fn reset_vf(&self, pf: &PfSpec, i: u32) -> Result<(), SimError> {
+        let (Some(vfs), Some(dir)) = (&pf.sriov, self.vf_dir(pf, i)) else {
+            return Ok(());
+        };
+        let reset = dir.join("reset");
+        if read_attr(&reset).as_deref() != Some("1") {
+            return Ok(());
+        }
+        let bar = dir.join("resource0");
+        {
+            use std::os::unix::fs::FileExt;
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&bar)
+                .map_err(SimError::io(&bar))?;
+            let len = file.metadata().map_err(SimError::io(&bar))?.len();
+            let zeros = vec![0u8; 64 << 10];
+            let mut at = 0;
+            while at < len {
+                let n = (len - at).min(zeros.len() as u64) as usize;
+                file.write_all_at(&zeros[..n], at)
+                    .map_err(SimError::io(&bar))?;
+                at += n as u64;
+            }
+            file.write_all_at(&(vfs.id_base | i).to_le_bytes(), REG_ID)
+                .map_err(SimError::io(&bar))?;
+        }
+        let count = dir.join("sim_resets");
+        let done = read_attr(&count)
+            .and_then(|c| c.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        write_atomic(&count, &format!("{}\n", done + 1))?;
+        write_atomic(&reset, "")
+    }
+
     /// VF indexes (below the PF's total) named by entries of `dir`, via `index_of`.
     fn listed_vfs(
         &self,
@@ -354,6 +399,7 @@ impl Tree {
     }
 
     fn remove_vf(&self, link: &Path, vf_bdf: &str, vf_dir: &Path) -> Result<(), SimError> {
+        revoke_bar_mappings(vf_dir)?;
         remove_if_present(link)?;
         remove_if_present(&self.sys().join("bus/pci/devices").join(vf_bdf))?;
         match std::fs::remove_dir_all(vf_dir) {
@@ -394,6 +440,9 @@ impl Tree {
             &[(REG_ID, vfs.id_base | i)],
         )?;
         // VFs stay without a driver, as the daemon keeps them (sriov_drivers_autoprobe = 0).
+        // The function-reset attribute (write-only in the kernel; here it reads "1" until the
+        // emulator has reset the function, see `reset_vf`).
+        write_file(&vf_dir.join("reset"), "")?;
         ensure_symlink(Path::new(&format!("../{}", pf.bdf)), &vf_dir.join("physfn"))?;
         self.link_function(&vf_bdf)?;
         ensure_symlink(
@@ -401,6 +450,31 @@ impl Tree {
             &self.function_dir(&pf.bdf).join(format!("virtfn{i}")),
         )
     }
+}
+
+/// What the kernel does to the mappings of a removed function's `resourceN` files (kernfs
+/// unmaps them, and a later access faults with SIGBUS): the files are truncated to nothing
+/// before they go, so an access through an old mapping faults the same way.
+fn revoke_bar_mappings(vf_dir: &Path) -> Result<(), SimError> {
+    let Ok(entries) = std::fs::read_dir(vf_dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let is_bar = name.to_str().is_some_and(|n| {
+            n.strip_prefix("resource")
+                .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+        });
+        if is_bar {
+            let path = entry.path();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_len(0))
+                .map_err(SimError::io(&path))?;
+        }
+    }
+    Ok(())
 }
 
 struct Identity {

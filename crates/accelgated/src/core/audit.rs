@@ -5,22 +5,43 @@
 //! `ACCELGATE_TARGET`, `ACCELGATE_DECISION`, `ACCELGATE_GATE`, ...), and kept in a bounded ring
 //! in memory for `Manager.AuditLog`. An operator answers "who flashed this card, and who tried"
 //! from it.
+//!
+//! Denials are rate-limited so that a caller cannot flood the log: per (uid, operation, gate)
+//! the first [`DENIAL_BURST`] denials of a [`DENIAL_WINDOW`] are written, the rest are counted
+//! and summed up in one record ("N similar denials suppressed in T s") when the key's next
+//! window starts. The keys' memory is bounded ([`MAX_DENIAL_KEYS`]; past it, new keys share one
+//! overflow key). Allowed decisions are never limited, and the ring keeps them apart from the
+//! denials, so no amount of denials pushes them out.
 
 pub mod journal;
 
 pub use journal::{Journal, JOURNAL_SOCKET};
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-const RING_SIZE: usize = 2048;
+/// Allowed decisions kept for `Manager.AuditLog`.
+const ALLOWED_RING: usize = 1536;
+/// Denials (and their summaries) kept for `Manager.AuditLog`, apart from the allowed ones.
+const DENIED_RING: usize = 512;
+/// Denials per (uid, operation, gate) written in one window; the rest are summed up.
+pub const DENIAL_BURST: u32 = 10;
+/// Length of a rate-limiting window.
+pub const DENIAL_WINDOW: Duration = Duration::from_secs(5);
+/// Keys tracked at once; beyond, new keys share one overflow key.
+pub const MAX_DENIAL_KEYS: usize = 4096;
+/// Denials of unidentified callers (no uid; keyed by their bus name) written per window in
+/// all; past it they share the overflow key.
+pub const UNIDENTIFIED_BURST: u32 = 100;
+/// Longest reason kept for a summary.
+const MAX_KEPT_REASON: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -46,7 +67,7 @@ impl Decided {
 }
 
 /// The gate that decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GateName {
     /// The caller could not be identified by the transport.
     Identity,
@@ -98,7 +119,148 @@ pub struct AuditRecord<'a> {
 pub struct AuditLog {
     file: Option<Mutex<File>>,
     journal: Option<Journal>,
-    ring: Mutex<VecDeque<String>>,
+    ring: Mutex<Rings>,
+    limiter: Mutex<DenialLimiter>,
+}
+
+/// The in-memory records, numbered so that the two shares merge in order.
+#[derive(Default)]
+struct Rings {
+    next: u64,
+    allowed: VecDeque<(u64, String)>,
+    denied: VecDeque<(u64, String)>,
+}
+
+/// What denials are counted under.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct DenialKey {
+    uid: Option<u32>,
+    /// The bus name of a caller without a uid (each is audited apart, within
+    /// [`UNIDENTIFIED_BURST`]).
+    sender: Option<String>,
+    operation: String,
+    gate: GateName,
+}
+
+impl DenialKey {
+    /// Shared by every new key once [`MAX_DENIAL_KEYS`] are tracked.
+    fn overflow() -> DenialKey {
+        DenialKey {
+            uid: None,
+            sender: None,
+            operation: "*".into(),
+            gate: GateName::Further("*"),
+        }
+    }
+}
+
+struct DenialWindow {
+    start: Instant,
+    written: u32,
+    suppressed: u64,
+    last_target: String,
+    last_reason: String,
+}
+
+/// A summary of suppressed denials, written as its own record.
+struct Suppressed {
+    key: DenialKey,
+    count: u64,
+    seconds: f64,
+    last_target: String,
+    last_reason: String,
+}
+
+#[derive(Default)]
+struct DenialLimiter {
+    windows: HashMap<DenialKey, DenialWindow>,
+    last_sweep: Option<Instant>,
+    /// Start of the current window for unidentified callers, and how many were written in it.
+    unidentified: Option<(Instant, u32)>,
+}
+
+impl DenialLimiter {
+    /// Whether a denial is written; and the summaries of windows that ended, to write first.
+    fn admit(&mut self, rec: &AuditRecord<'_>, now: Instant) -> (bool, Vec<Suppressed>) {
+        let mut summaries = self.sweep(now, false);
+        let mut key = DenialKey {
+            uid: rec.uid,
+            sender: None,
+            operation: rec.operation.to_owned(),
+            gate: rec.gate,
+        };
+        if rec.uid.is_none() {
+            let (start, written) = match self.unidentified {
+                Some((start, n)) if now.duration_since(start) < DENIAL_WINDOW => (start, n),
+                _ => (now, 0),
+            };
+            if written < UNIDENTIFIED_BURST {
+                key.sender = Some(rec.sender.chars().take(MAX_KEPT_REASON).collect());
+                self.unidentified = Some((start, written + 1));
+            } else {
+                key = DenialKey::overflow();
+            }
+        }
+        if !self.windows.contains_key(&key) && self.windows.len() >= MAX_DENIAL_KEYS {
+            summaries.extend(self.sweep(now, true));
+            if self.windows.len() >= MAX_DENIAL_KEYS {
+                key = DenialKey::overflow();
+            }
+        }
+        let window = self.windows.entry(key.clone()).or_insert(DenialWindow {
+            start: now,
+            written: 0,
+            suppressed: 0,
+            last_target: String::new(),
+            last_reason: String::new(),
+        });
+        if now.duration_since(window.start) >= DENIAL_WINDOW {
+            summaries.extend(summary(&key, window, now));
+            window.start = now;
+            window.written = 0;
+            window.suppressed = 0;
+        }
+        if window.written < DENIAL_BURST {
+            window.written += 1;
+            (true, summaries)
+        } else {
+            window.suppressed += 1;
+            window.last_target = rec.target.chars().take(MAX_KEPT_REASON).collect();
+            window.last_reason = rec.reason.chars().take(MAX_KEPT_REASON).collect();
+            (false, summaries)
+        }
+    }
+
+    /// Ends the windows that are over (at most once a second unless `now_or_never`): their
+    /// summaries, and the keys dropped.
+    fn sweep(&mut self, now: Instant, now_or_never: bool) -> Vec<Suppressed> {
+        let due = self
+            .last_sweep
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
+        if !due && !now_or_never {
+            return Vec::new();
+        }
+        self.last_sweep = Some(now);
+        let mut out = Vec::new();
+        self.windows.retain(|key, window| {
+            if now.duration_since(window.start) < DENIAL_WINDOW {
+                return true;
+            }
+            out.extend(summary(key, window, now));
+            false
+        });
+        out
+    }
+}
+
+fn summary(key: &DenialKey, window: &DenialWindow, now: Instant) -> Option<Suppressed> {
+    (window.suppressed > 0).then(|| Suppressed {
+        key: key.clone(),
+        count: window.suppressed,
+        seconds: now.duration_since(window.start).as_secs_f64(),
+        last_target: window.last_target.clone(),
+        last_reason: window.last_reason.clone(),
+    })
 }
 
 impl AuditLog {
@@ -130,19 +292,58 @@ impl AuditLog {
                     .append(true)
                     .create(true)
                     .mode(0o600)
+                    .custom_flags(nix::libc::O_NOFOLLOW)
                     .open(p)
-                    .map_err(|e| AuditError::Open(p.display().to_string(), e))?,
+                    .map_err(|e| {
+                        let e = super::state::no_follow_error(e, p);
+                        AuditError::Open(p.display().to_string(), e)
+                    })?,
             )),
             None => None,
         };
         Ok(AuditLog {
             file,
             journal,
-            ring: Mutex::new(VecDeque::with_capacity(RING_SIZE)),
+            ring: Mutex::new(Rings::default()),
+            limiter: Mutex::new(DenialLimiter::default()),
         })
     }
 
-    pub fn record(&self, mut rec: AuditRecord<'_>) {
+    /// Records a decision: every allow; a denial unless its key is over the rate limit.
+    pub fn record(&self, rec: AuditRecord<'_>) {
+        let now = Instant::now();
+        let (write, summaries) = {
+            let mut limiter = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
+            if rec.decision == Decided::Deny {
+                limiter.admit(&rec, now)
+            } else {
+                (true, limiter.sweep(now, false))
+            }
+        };
+        for s in summaries {
+            let reason = format!(
+                "{} similar denials suppressed in {:.1} s (same uid, operation and gate); the \
+                 last: {}",
+                s.count, s.seconds, s.last_reason
+            );
+            self.write(AuditRecord {
+                time: 0.0,
+                uid: s.key.uid,
+                pid: None,
+                sender: "",
+                operation: &s.key.operation,
+                target: &s.last_target,
+                decision: Decided::Deny,
+                gate: s.key.gate,
+                reason: &reason,
+            });
+        }
+        if write {
+            self.write(rec);
+        }
+    }
+
+    fn write(&self, mut rec: AuditRecord<'_>) {
         rec.time = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
@@ -167,11 +368,17 @@ impl AuditLog {
                 tracing::error!("audit record not sent to journald: {e}");
             }
         }
-        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
-        if ring.len() == RING_SIZE {
+        let mut rings = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        let n = rings.next;
+        rings.next += 1;
+        let (ring, size) = match rec.decision {
+            Decided::Allow => (&mut rings.allowed, ALLOWED_RING),
+            Decided::Deny => (&mut rings.denied, DENIED_RING),
+        };
+        if ring.len() == size {
             ring.pop_front();
         }
-        ring.push_back(line);
+        ring.push_back((n, line));
     }
 
     /// Whether records also go to journald.
@@ -181,10 +388,14 @@ impl AuditLog {
 
     /// The newest `max` records, oldest first.
     pub fn recent(&self, max: usize) -> Vec<String> {
-        let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
-        ring.iter()
-            .skip(ring.len().saturating_sub(max))
-            .cloned()
+        let rings = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        let mut merged: Vec<&(u64, String)> =
+            rings.allowed.iter().chain(rings.denied.iter()).collect();
+        merged.sort_unstable_by_key(|(n, _)| *n);
+        merged
+            .iter()
+            .skip(merged.len().saturating_sub(max))
+            .map(|(_, line)| line.clone())
             .collect()
     }
 }
@@ -304,6 +515,70 @@ mod tests {
         assert_eq!(lines[0]["gate"], "polkit");
         assert_eq!(lines[1]["decision"], "allow");
         assert_eq!(log.recent(1).len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn denials_are_rate_limited_and_never_push_out_allowed_records() {
+        let log = AuditLog::open_with_journal(None, None).unwrap();
+        log.record(record(Decided::Allow, "every gate passed"));
+        for _ in 0..1000 {
+            log.record(record(Decided::Deny, "no role"));
+        }
+        let recent = log.recent(usize::MAX);
+        assert_eq!(recent.len(), 1 + DENIAL_BURST as usize, "{recent:?}");
+        // Many keys (distinct uids): the denial share fills, the allowed record stays.
+        for uid in 0..2000 {
+            let mut r = record(Decided::Deny, "no role");
+            r.uid = Some(uid);
+            log.record(r);
+        }
+        let recent = log.recent(usize::MAX);
+        assert!(
+            recent[0].contains("every gate passed"),
+            "{:?}",
+            &recent[..2]
+        );
+        assert_eq!(recent.len(), 1 + DENIED_RING);
+        assert!(log.limiter.lock().unwrap().windows.len() <= MAX_DENIAL_KEYS);
+    }
+
+    #[test]
+    fn a_window_that_ends_sums_up_what_it_suppressed() {
+        let mut limiter = DenialLimiter::default();
+        let start = Instant::now();
+        let rec = record(Decided::Deny, "no role");
+        let written = (0..25).filter(|_| limiter.admit(&rec, start).0).count();
+        assert_eq!(written, DENIAL_BURST as usize);
+        let (write, summaries) = limiter.admit(&rec, start + DENIAL_WINDOW);
+        assert!(write);
+        assert_eq!(summaries.len(), 1);
+        assert_eq!(summaries[0].count, 25 - u64::from(DENIAL_BURST));
+        // Bounded keys: past the limit, new keys share the overflow key.
+        for uid in 0..(MAX_DENIAL_KEYS as u32 + 100) {
+            let mut r = record(Decided::Deny, "x");
+            r.uid = Some(uid);
+            limiter.admit(&r, start + DENIAL_WINDOW);
+        }
+        assert!(limiter.windows.len() <= MAX_DENIAL_KEYS + 1);
+        assert!(limiter.windows.contains_key(&DenialKey::overflow()));
+    }
+
+    #[test]
+    fn a_link_in_place_of_the_audit_file_is_not_followed() {
+        let dir = std::env::temp_dir().join(format!("accelgate-audit-ln-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "precious\n").unwrap();
+        let file = dir.join("audit.jsonl");
+        std::os::unix::fs::symlink(&victim, &file).unwrap();
+        let err = match AuditLog::open_with_journal(Some(&file), None) {
+            Ok(_) => panic!("a symlinked audit file was opened"),
+            Err(e) => format!("{e}: {}", std::error::Error::source(&e).unwrap()),
+        };
+        assert!(err.contains("is a symbolic link"), "{err}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -47,6 +47,11 @@ pub enum DeviceError {
         bar: u8,
         driver: String,
     },
+    #[error(
+        "slice {device}/{slice} is gone: its VF was removed (the device's VF count changed); \
+         it can no longer be read or written"
+    )]
+    Gone { device: String, slice: String },
     #[error("slice {device}/{slice}: window does not fit BAR {bar}")]
     Window {
         device: String,
@@ -68,9 +73,15 @@ pub struct DeviceRt {
 
 /// A slice as the daemon serves it.
 pub struct SliceRt {
+    pub device: String,
     pub id: String,
     pub kind: SliceKind,
-    pub window: SliceWindow,
+    /// The mapped register window; `None` once revoked. A VF's window is revoked (and so
+    /// unmapped) before the VF is removed: on a real kernel an access through a mapping of a
+    /// removed `resourceN` file faults (SIGBUS) and would end the daemon. Accesses hold the
+    /// read lock, so revocation waits for one in flight.
+    window: RwLock<Option<SliceWindow>>,
+    size: u64,
     /// `[start, end)` in the window, sorted and non-overlapping.
     pub writable: Vec<(u64, u64)>,
     pub loader: Option<LoaderSpec>,
@@ -80,6 +91,64 @@ pub struct SliceRt {
 }
 
 impl SliceRt {
+    fn new(
+        device: &str,
+        id: &str,
+        kind: SliceKind,
+        window: SliceWindow,
+        writable: Vec<(u64, u64)>,
+        loader: Option<LoaderSpec>,
+        mappable_resource: Option<PathBuf>,
+    ) -> SliceRt {
+        SliceRt {
+            device: device.to_owned(),
+            id: id.to_owned(),
+            kind,
+            size: window.size(),
+            window: RwLock::new(Some(window)),
+            writable,
+            loader,
+            mappable_resource,
+        }
+    }
+
+    /// The window's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Runs `access` on the window, unless it was revoked (its function removed).
+    pub fn with_window<T>(&self, access: impl FnOnce(&SliceWindow) -> T) -> Result<T, DeviceError> {
+        let window = self.window.read().unwrap_or_else(|p| p.into_inner());
+        match window.as_ref() {
+            Some(w) => Ok(access(w)),
+            None => Err(DeviceError::Gone {
+                device: self.device.clone(),
+                slice: self.id.clone(),
+            }),
+        }
+    }
+
+    /// Runs `work` while no access to the window is in flight (e.g. a function reset, during
+    /// which the BAR must not be touched).
+    pub fn quiesced<T>(&self, work: impl FnOnce() -> T) -> T {
+        let _window = self.window.write().unwrap_or_else(|p| p.into_inner());
+        work()
+    }
+
+    /// Unmaps the window for good, after any access in flight has finished.
+    pub fn revoke(&self) {
+        let mut window = self.window.write().unwrap_or_else(|p| p.into_inner());
+        *window = None;
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.window
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+    }
+
     /// Whether `[start, end)` lies inside the union of the writable ranges.
     pub fn may_write(&self, start: u64, end: u64) -> bool {
         let mut pos = start;
@@ -170,6 +239,23 @@ impl DeviceRt {
         self.policy.vfs.as_ref().map_or(0, |v| v.max.min(hw))
     }
 
+    /// Revokes the windows of the VFs that changing the count from `current` to `count`
+    /// removes: the kernel goes through zero between two non-zero counts, so then every VF.
+    /// Called before the change; the VFs that come back get new windows in
+    /// [`DeviceRt::refresh_vf_slices`].
+    pub fn revoke_vf_windows(&self, current: u32, count: u32) {
+        if current == count {
+            return;
+        }
+        for slice in self.slices_read().values() {
+            let removed = slice.kind == SliceKind::Vf
+                && ((current > 0 && count > 0) || vf_index(&slice.id).is_some_and(|i| i >= count));
+            if removed {
+                slice.revoke();
+            }
+        }
+    }
+
     /// Makes the VF slices match the VFs the hardware has now (up to the policy's max). Returns
     /// the ids of slices added and removed.
     pub fn refresh_vf_slices(&self) -> Result<(Vec<String>, Vec<String>), DeviceError> {
@@ -186,6 +272,7 @@ impl DeviceRt {
         slices.retain(|id, s| {
             let keep = s.kind != SliceKind::Vf || vf_index(id).is_some_and(|i| i < present);
             if !keep {
+                s.revoke();
                 removed.push(id.clone());
             }
             keep
@@ -193,9 +280,12 @@ impl DeviceRt {
         let mut added = vec![];
         for i in 0..present {
             let id = vf_slice_id(i);
-            if slices.contains_key(&id) {
-                continue;
-            }
+            // A revoked window belonged to a function the kernel recreated: map the new one.
+            let recreated = match slices.get(&id) {
+                Some(s) if !s.is_revoked() => continue,
+                Some(_) => true,
+                None => false,
+            };
             let vf = sriov.vf(i).map_err(err)?;
             let bar = vf.bar(vfp.bar).map_err(|source| DeviceError::Pci {
                 device: self.policy.id.clone(),
@@ -208,16 +298,19 @@ impl DeviceRt {
             let writable = vfp.writable.clone().unwrap_or_else(|| vec![(0, bar.size)]);
             slices.insert(
                 id.clone(),
-                Arc::new(SliceRt {
-                    id: id.clone(),
-                    kind: SliceKind::Vf,
+                Arc::new(SliceRt::new(
+                    &self.policy.id,
+                    &id,
+                    SliceKind::Vf,
                     window,
                     writable,
-                    loader: None,
-                    mappable_resource: Some(resource),
-                }),
+                    None,
+                    Some(resource),
+                )),
             );
-            added.push(id);
+            if !recreated {
+                added.push(id);
+            }
         }
         Ok((added, removed))
     }
@@ -242,14 +335,15 @@ fn open_declared_slice(
     }
     let window = SliceWindow::open(&pci.resource_path(sp.bar), sp.offset, sp.size)
         .map_err(|source| window_error(device, &sp.id, pci, sp.bar, source))?;
-    Ok(SliceRt {
-        id: sp.id.clone(),
-        kind: sp.kind,
+    Ok(SliceRt::new(
+        device,
+        &sp.id,
+        sp.kind,
         window,
-        writable: sp.writable.clone(),
-        loader: sp.loader.clone(),
-        mappable_resource: None,
-    })
+        sp.writable.clone(),
+        sp.loader.clone(),
+        None,
+    ))
 }
 
 /// A window that cannot be mapped because a kernel driver owns the BAR says which driver.

@@ -18,6 +18,7 @@ use super::authz::{Gate, Target};
 use super::devices::{vf_index, DeviceRt, SliceRt};
 use super::error::{error_chain, CoreError};
 use super::events::{Event, EventSink};
+use super::firmware::rollback;
 use super::firmware::{
     image_version, open_backend, recover_interrupted, run_flash, FirmwareRecords, FlashError,
     FlashRequest, SignatureCheck,
@@ -36,6 +37,8 @@ const BLANK_IMAGE_SIZE: usize = 1024;
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(600);
 /// Longest the kernel may take to create or remove VFs.
 const SRIOV_TIMEOUT: Duration = Duration::from_secs(30);
+/// A function reset (FLR) takes ~100 ms on hardware; the simulator answers within milliseconds.
+const RESET_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The firmware properties of a device.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -269,8 +272,8 @@ impl Engine {
         let (_, slice) = self.target_slice(&auth)?;
         let width = Width::try_from(width).map_err(|e| self.deny_by_limit(&auth, e.into()))?;
         slice
-            .window
-            .read(offset, count, width)
+            .with_window(|w| w.read(offset, count, width))
+            .map_err(gone)?
             .map_err(|e| self.deny_by_limit(&auth, e.into()))
     }
 
@@ -290,7 +293,7 @@ impl Engine {
         let len = (values.len() as u64).checked_mul(width.bytes());
         let end = len.and_then(|l| offset.checked_add(l));
         match end {
-            Some(end) if end <= slice.window.size() && !slice.may_write(offset, end) => {
+            Some(end) if end <= slice.size() && !slice.may_write(offset, end) => {
                 return Err(self.deny_by_limit(
                     auth,
                     CoreError::InvalidArgument(format!(
@@ -303,8 +306,8 @@ impl Engine {
             _ => {}
         }
         slice
-            .window
-            .write(offset, values, width)
+            .with_window(|w| w.write(offset, values, width))
+            .map_err(gone)?
             .map_err(|e| self.deny_by_limit(auth, e.into()))
     }
 
@@ -358,7 +361,7 @@ impl Engine {
                 assigned
             ),
             accelgate_policy::RoleDecision::Allow { .. }
-        ) && slice.may_write(0, slice.window.size());
+        ) && slice.may_write(0, slice.size());
         // Recorded before the fd leaves: the slice goes to no other tenant until the mapping
         // is revoked (see docs/security.md).
         if let Some(t) = tenant {
@@ -432,6 +435,7 @@ impl Engine {
             return Ok(());
         }
         self.scrub(d, s, &slice).await?;
+        self.reset_function(d, s, &slice).await?;
         self.update_state(|st| st.slice_mut(d, s).tenant = None)
             .await?;
         self.slice_changed(d, s);
@@ -442,10 +446,13 @@ impl Engine {
     /// image is marked in flux first, so a crash half-way is finished on the next start.
     async fn scrub(&self, d: &str, s: &str, slice: &Arc<SliceRt>) -> Result<(), CoreError> {
         for &(start, end) in &slice.writable {
-            slice
-                .window
-                .zero(start, end)
-                .map_err(|e| CoreError::Failed(format!("scrubbing {d}/{s}: {e}")))?;
+            match slice.with_window(|w| w.zero(start, end)) {
+                Ok(result) => {
+                    result.map_err(|e| CoreError::Failed(format!("scrubbing {d}/{s}: {e}")))?
+                }
+                // A removed function keeps nothing for the next tenant.
+                Err(_) => break,
+            }
         }
         let had_image = {
             let st = self.state();
@@ -465,6 +472,47 @@ impl Engine {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Resets a VF between tenants (FLR through its `reset` attribute), so no device state
+    /// the old tenant left reaches the next one. A VF that was mapped is also recreated before
+    /// anyone else gets it (see `assign`); a reset alone does not end a mapping. Regions share
+    /// their function with the device and are not reset.
+    async fn reset_function(
+        &self,
+        d: &str,
+        s: &str,
+        slice: &Arc<SliceRt>,
+    ) -> Result<(), CoreError> {
+        let Some(function) = slice
+            .mappable_resource
+            .as_ref()
+            .and_then(|r| r.parent())
+            .map(|f| f.to_path_buf())
+        else {
+            return Ok(());
+        };
+        let worker = slice.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            worker.quiesced(|| accelgate_hw::reset_function(&function, RESET_TIMEOUT))
+        })
+        .await
+        .map_err(CoreError::Task)?;
+        match result {
+            Ok(()) => Ok(()),
+            // A VF without a reset method keeps its scrub (writable ranges zeroed); say so.
+            Err(e @ accelgate_hw::PciError::NoReset(_)) => {
+                tracing::warn!(
+                    "{d}/{s}: {}; only its writable ranges were zeroed",
+                    error_chain(&e)
+                );
+                Ok(())
+            }
+            Err(e) => Err(CoreError::Failed(format!(
+                "resetting {d}/{s}: {}",
+                error_chain(&e)
+            ))),
+        }
     }
 
     pub async fn program(
@@ -707,6 +755,9 @@ impl Engine {
                 .sriov
                 .as_ref()
                 .ok_or_else(|| "no SR-IOV".to_owned())?;
+            // Unmapped before the kernel removes the functions, not after: an access through
+            // a mapping of a removed resource file faults and would end the daemon.
+            worker.revoke_vf_windows(worker.num_vfs(), count);
             sriov
                 .set_num_vfs(count, SRIOV_TIMEOUT)
                 .map_err(|e| error_chain(&e))?;
@@ -814,6 +865,7 @@ impl Engine {
         target: Target,
         fd: OwnedFd,
         signature: Option<Vec<u8>>,
+        force: bool,
     ) -> Result<JobId, CoreError> {
         let checked = self.authorize_role(req, Operation::DeviceFlash, target)?;
         let auth = &checked;
@@ -831,6 +883,17 @@ impl Engine {
                 CoreError::Locked(format!("firmware of {d} is locked by policy")),
             ));
         }
+        // `force` overrides the policy's downgrade rule, so it is an admin's: whoever may
+        // reload the policy (and so could relax the rule anyway).
+        if force && !self.may_reload_policy(auth) {
+            return Err(self.deny_by_limit(
+                auth,
+                CoreError::NotAuthorized(format!(
+                    "force on a flash of {d} overrides the firmware policy and needs \
+                     policy.reload (an admin)"
+                )),
+            ));
+        }
         // The signature's hash (BLAKE2b) runs beside the read and its SHA-256, on the bytes as
         // they arrive: one pass over the image, two cores.
         let check = SignatureCheck::prepare(signature.as_deref(), &fw);
@@ -845,31 +908,51 @@ impl Engine {
                 CoreError::VerificationFailed(format!("firmware image for {d} refused: {e}")),
             )
         })?;
+        let version = image_version(&image.bytes);
+        if let Err(e) = rollback::check_floor(&fw, &version) {
+            return Err(self.deny_by_limit(
+                auth,
+                CoreError::VerificationFailed(format!("firmware image for {d} refused: {e}")),
+            ));
+        }
         let auth = self.authorize_rest(checked, Some(&image.sha256)).await?;
         let busy = self.claim(auth.target(), &auth)?;
         self.recheck_at_use(&auth)?;
-        // Idempotent: the image already booting is not written again.
-        let already = {
-            let (hw, fw, sha) = (self.hw.clone(), fw.clone(), image.sha256.clone());
+        let active = {
+            let (hw, fw) = (self.hw.clone(), fw.clone());
             tokio::task::spawn_blocking(move || {
                 let st = open_backend(&hw, &fw).and_then(|b| b.status()).ok()?;
                 let active = st.slot(st.active);
-                (active.valid && active.sha256 == sha).then(|| {
-                    format!(
-                        "firmware {} ({sha}) is already active in slot {}",
-                        active.version,
-                        st.active.as_str()
-                    )
-                })
+                active
+                    .valid
+                    .then(|| (active.sha256.clone(), active.version.clone(), st.active))
             })
             .await
             .ok()
             .flatten()
         };
+        // Under the busy lock: no other flash changes the active firmware meanwhile.
+        if let Some((_, active_version, _)) = &active {
+            if let Err(e) = rollback::check_downgrade(&fw, &version, active_version, force) {
+                return Err(self.deny_by_limit(
+                    &auth,
+                    CoreError::VerificationFailed(format!("firmware image for {d} refused: {e}")),
+                ));
+            }
+        }
+        // Idempotent: the image already booting is not written again.
+        let already = active.and_then(|(sha, version, slot)| {
+            (sha == image.sha256).then(|| {
+                format!(
+                    "firmware {version} ({sha}) is already active in slot {}",
+                    slot.as_str()
+                )
+            })
+        });
         tracing::info!(
-            "{d}: flash of firmware {} ({}), {verified}, for uid {}",
-            image_version(&image.bytes),
+            "{d}: flash of firmware {version} ({}), {verified}{}, for uid {}",
             image.sha256,
+            if force { ", forced" } else { "" },
             auth.caller().uid
         );
         let daemon = self.clone();
@@ -1136,6 +1219,22 @@ impl Engine {
         }
     }
 
+    /// Whether the caller's roles grant `policy.reload`: what makes an admin for the options
+    /// that override the policy.
+    fn may_reload_policy(&self, auth: &Decision) -> bool {
+        let caller = auth.caller();
+        matches!(
+            self.policy().decide(
+                caller.uid,
+                &caller.gids,
+                Operation::PolicyReload,
+                None,
+                false
+            ),
+            accelgate_policy::RoleDecision::Allow { .. }
+        )
+    }
+
     /// Takes the busy lock of a slice or device for the rest of an operation, or says Busy.
     fn claim(
         &self,
@@ -1168,4 +1267,9 @@ fn open_devices(hw: &HwRoot, policy: &RolePolicy) -> BTreeMap<String, Arc<Device
         }
     }
     out
+}
+
+/// A slice whose function was removed while a request held it: NotFound, saying why.
+fn gone(e: super::devices::DeviceError) -> CoreError {
+    CoreError::NotFound(e.to_string())
 }

@@ -435,6 +435,7 @@ async fn configure_refuses_while_slices_are_assigned_and_flash_refuses_unsigned(
             Target::Device("fpga0".into()),
             image_fd(b"ACCELGATE-FW 9\nunsigned"),
             None,
+            false,
         )
         .await
         .unwrap_err();

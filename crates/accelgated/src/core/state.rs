@@ -131,7 +131,7 @@ impl StateStore {
     pub fn open(dir: &Path) -> Result<StateStore, StateError> {
         fs::create_dir_all(dir).map_err(|e| StateError::Write(dir.to_owned(), e))?;
         let path = dir.join(STATE_FILE);
-        let current = match fs::read(&path) {
+        let current = match read_no_follow(&path) {
             Ok(bytes) => {
                 let state: PersistentState = serde_json::from_slice(&bytes)
                     .map_err(|e| StateError::Malformed(path.clone(), e))?;
@@ -191,6 +191,33 @@ impl StateStore {
     }
 }
 
+/// Reads a file of the state directory without following a symbolic link in its place.
+pub(crate) fn read_no_follow(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| no_follow_error(e, path))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// The daemon's files are opened with O_NOFOLLOW: a link placed where one of them goes would
+/// make root write (or read) whatever it points to. The kernel answers ELOOP; say what it means.
+pub(crate) fn no_follow_error(e: std::io::Error, path: &Path) -> std::io::Error {
+    if e.raw_os_error() == Some(nix::libc::ELOOP) {
+        std::io::Error::other(format!(
+            "{} is a symbolic link; the daemon does not follow links in place of its own \
+             files (remove it)",
+            path.display()
+        ))
+    } else {
+        e
+    }
+}
+
 /// Writes `state` as the state file under `dir`, atomically and durably.
 pub fn persist(dir: &Path, state: &PersistentState) -> Result<(), StateError> {
     let err = |e| StateError::Write(dir.to_owned(), e);
@@ -201,8 +228,9 @@ pub fn persist(dir: &Path, state: &PersistentState) -> Result<(), StateError> {
         .create(true)
         .truncate(true)
         .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .open(&tmp)
-        .map_err(err)?;
+        .map_err(|e| err(no_follow_error(e, &tmp)))?;
     f.write_all(&bytes).map_err(err)?;
     f.sync_all().map_err(err)?;
     drop(f);

@@ -148,7 +148,9 @@ impl DeviceObject {
         job_reply(&self.ctx, job).await
     }
 
-    /// Writes firmware to flash. options: signature (ay). Returns the job.
+    /// Writes firmware to flash. options: signature (ay); force (b): flash an image older
+    /// than the active firmware although the policy refuses downgrades (only for callers whose
+    /// roles grant policy.reload; never below the policy's min_version). Returns the job.
     #[zbus(out_args("job"))]
     async fn flash(
         &self,
@@ -157,12 +159,13 @@ impl DeviceObject {
         options: Options,
     ) -> Result<OwnedObjectPath, AccelError> {
         let req = self.ctx.request(&hdr, &self.target()).await?;
-        check_option_keys(&options, &["signature"])?;
+        check_option_keys(&options, &["signature", "force"])?;
         let signature = option_bytes(&options, "signature")?;
+        let force = option_bool(&options, "force")?;
         let job = self
             .ctx
             .engine
-            .flash(&req, self.target(), image.into(), signature)
+            .flash(&req, self.target(), image.into(), signature, force)
             .await?;
         job_reply(&self.ctx, job).await
     }
@@ -403,7 +406,7 @@ impl SliceObject {
 
     #[zbus(property)]
     fn size(&self) -> fdo::Result<u64> {
-        Ok(self.rt()?.window.size())
+        Ok(self.rt()?.size())
     }
 
     #[zbus(property)]

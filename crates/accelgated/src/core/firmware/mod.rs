@@ -12,6 +12,7 @@ pub mod flash;
 pub mod fw_upload;
 pub mod mtd;
 pub mod record;
+pub mod rollback;
 pub mod verify;
 
 #[cfg(test)]

@@ -141,7 +141,14 @@ impl FirmwareRecords {
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
-    let bytes = fs::read(path).ok()?;
+    let bytes = match crate::core::state::read_no_follow(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!("ignoring {}: {e}", path.display());
+            return None;
+        }
+    };
     match serde_json::from_slice(&bytes) {
         Ok(v) => Some(v),
         Err(e) => {
@@ -162,8 +169,9 @@ fn write_json<T: Serialize>(dir: &Path, path: &Path, value: &T) -> Result<(), Re
         .create(true)
         .truncate(true)
         .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .open(&temp)
-        .map_err(err)?;
+        .map_err(|e| err(crate::core::state::no_follow_error(e, &temp)))?;
     file.write_all(&bytes).map_err(err)?;
     file.sync_all().map_err(err)?;
     fs::rename(&temp, path).map_err(err)?;

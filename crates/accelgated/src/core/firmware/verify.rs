@@ -205,6 +205,8 @@ mod tests {
             locked: false,
             keys: keys.iter().map(|k| k.trim().to_owned()).collect(),
             allow_unsigned,
+            min_version: None,
+            allow_downgrade: false,
         }
     }
 
