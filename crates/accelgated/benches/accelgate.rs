@@ -259,12 +259,18 @@ async fn run(dirs: &WorkDirs, sizes: &Sizes) -> Fallible<Report> {
         .map_err(|e| format!("bench connection: {e}"))?;
     let _polkit = tokio::task::block_in_place(|| TestPolkit::start(&bus, &dirs.tmp, &[]));
     // Items 1, 3, 4 and 6–8 measure the daemon without polkit (item 2 measures what it adds).
+    // The simulated policy, with downgrades allowed: item 6 flashes two versions in turn.
     let policy = dirs.tmp.join("simulated.toml");
-    std::fs::copy(
-        accelgate_testkit::repo_path("policy/simulated.toml"),
-        &policy,
-    )
-    .map_err(|e| format!("policy/simulated.toml: {e}"))?;
+    let text = std::fs::read_to_string(accelgate_testkit::repo_path("policy/simulated.toml"))
+        .map_err(|e| format!("policy/simulated.toml: {e}"))?;
+    let text = text.replace(
+        "allow_unsigned = false }",
+        "allow_unsigned = false, allow_downgrade = true }",
+    );
+    if !text.contains("allow_downgrade = true") {
+        return Err("policy/simulated.toml: no firmware table to allow downgrades in".into());
+    }
+    std::fs::write(&policy, text).map_err(|e| format!("{}: {e}", policy.display()))?;
     let standard = |name: &str, unpaced: bool, polkit: bool| Start {
         bus: &bus,
         dir: dirs.tmp.join(name),
