@@ -33,6 +33,10 @@ const SCENARIOS: &[&str] = &[
     "flash-mtd-persistent",
     "flash-mtd-ram",
     "flash-fwupload-no-slots",
+    // rig/guest/hotplug.sh
+    "hotplug-add",
+    "hotplug-remove",
+    "hotplug-return",
     "daemon-alive",
 ];
 

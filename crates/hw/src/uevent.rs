@@ -135,6 +135,8 @@ pub enum Received {
     /// The socket's queue overflowed: uevents were lost, so whoever follows them must look at
     /// the devices again.
     Lost,
+    /// The simulator's end of the socket is gone: nothing more will arrive.
+    Closed,
 }
 
 /// Where uevents come from.
@@ -196,6 +198,8 @@ impl UeventSocket {
             },
             Source::Simulated => {
                 match nix::sys::socket::recv(raw, &mut buf, nix::sys::socket::MsgFlags::empty()) {
+                    // The kernel sends no empty uevent; the simulator's end closing reads so.
+                    Ok(0) => return Ok(Received::Closed),
                     Ok(len) => (len, true),
                     Err(e) => return Err(UeventError::Receive(e)),
                 }
