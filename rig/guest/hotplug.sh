@@ -83,7 +83,7 @@ if wait_for absent; then
   [ $prc -ne 0 ] && grep -q removed /tmp/hotplug-program.out ||
     ok="$ok program ended $prc: $(cat /tmp/hotplug-program.out);"
   ctl ag-tenant1 read edu1/regs 0x0
-  [ $rc -ne 0 ] && echo "$out" | grep -q "was removed" || ok="$ok read after removal $rc: $out;"
+  [ $rc -ne 0 ] && echo "$out" | grep -q "NotFound" || ok="$ok read after removal $rc: $out;"
   [ -e "/sys/bus/pci/devices/$BDF" ] && ok="$ok $BDF is still on the bus;"
   # The daemon cancelled the abandoned upload: the driver is idle again.
   i=0

@@ -63,8 +63,7 @@ fn manager_devices(obs: &Observer) -> Vec<String> {
         )
         .await
         .unwrap();
-        let paths: Vec<zbus::zvariant::OwnedObjectPath> =
-            proxy.get_property("Devices").await.unwrap();
+        let paths: Vec<zbus::OwnedObjectPath> = proxy.get_property("Devices").await.unwrap();
         paths.iter().map(|p| p.as_str().to_owned()).collect()
     })
 }
@@ -85,9 +84,7 @@ fn removed_devices_leave_the_bus_fail_their_jobs_and_return_with_their_assignmen
     let om = s.obs.rt.block_on(async {
         zbus::fdo::ObjectManagerProxy::builder(&s.obs.conn)
             .destination(BUS_NAME)
-            .unwrap()
             .path(ROOT_PATH)
-            .unwrap()
             .build()
             .await
             .unwrap()
@@ -118,15 +115,28 @@ fn removed_devices_leave_the_bus_fail_their_jobs_and_return_with_their_assignmen
         .await
         .unwrap()
     });
-    let job_prop = |name: &str| -> zbus::zvariant::OwnedValue {
+    let job_text = |name: &str| -> String {
         s.obs
             .rt
-            .block_on(job_proxy.get_property::<zbus::zvariant::OwnedValue>(name))
+            .block_on(job_proxy.get_property::<String>(name))
+            .unwrap()
+    };
+    let job_progress = || -> f64 {
+        s.obs
+            .rt
+            .block_on(job_proxy.get_property::<f64>("Progress"))
             .unwrap()
     };
     let deadline = Instant::now() + Duration::from_secs(20);
-    while f64::try_from(job_prop("Progress")).unwrap() <= 0.0 {
-        assert!(Instant::now() < deadline, "the upload never started");
+    let status = sim.join("sys/class/firmware/fpga0-region0/status");
+    while std::fs::read_to_string(&status).unwrap_or_default().trim() != "transferring" {
+        assert!(
+            Instant::now() < deadline && job_text("State") == "running",
+            "the upload never started: job {} {} at {}",
+            job_text("State"),
+            job_text("Message"),
+            job_progress()
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 
@@ -145,22 +155,23 @@ fn removed_devices_leave_the_bus_fail_their_jobs_and_return_with_their_assignmen
         !manager_devices(&s.obs).contains(&device_path("fpga0").to_string()),
         "Devices still lists fpga0"
     );
-    let state: String = String::try_from(job_prop("State")).unwrap();
-    let message: String = String::try_from(job_prop("Message")).unwrap();
+    // The job ends as soon as its task sees the removal.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while job_text("State") == "running" {
+        assert!(Instant::now() < deadline, "the job outlived its device");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let state = job_text("State");
+    let message = job_text("Message");
     assert_eq!(state, "failed", "the running job fails: {message}");
     assert!(
         message.contains("fpga0") && message.contains("removed"),
         "the job says why: {message}"
     );
-    // Reads are refused, saying why, not answered from a dead mapping.
-    let r = s
-        .ctl("ag-tenant1", &["read", "fpga0/region0", "0x0"])
+    // Reads are refused, not answered from a dead mapping: the slice's object is gone (a
+    // request already past the bus gets the engine's "was removed" refusal).
+    s.ctl("ag-tenant1", &["read", "fpga0/region0", "0x0"])
         .fails_with("NotFound");
-    assert!(
-        r.stderr.contains("was removed") && r.stderr.contains(FPGA_BDF),
-        "{}",
-        r.stderr
-    );
     let list = s.ctl("root", &["--json", "devices"]).ok().json();
     assert!(
         !list.to_string().contains("fpga0"),
