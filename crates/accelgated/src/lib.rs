@@ -21,7 +21,7 @@ use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 use zbus::fdo::RequestNameFlags;
 
-use accelgate_hw::HwRoot;
+use accelgate_hw::{HwRoot, Received, UeventError, UeventSocket};
 use accelgate_policy::RolePolicy;
 use accelgate_proto::names::BUS_NAME;
 #[cfg(feature = "simulator")]
@@ -99,6 +99,10 @@ pub enum RunError {
     Sandbox(#[source] sandbox::SandboxError),
     #[error("cannot install signal handlers")]
     Signals(#[source] std::io::Error),
+    #[error("cannot follow PCI hotplug")]
+    Uevents(#[source] UeventError),
+    #[error("cannot set up the uevent reader")]
+    UeventThread(#[source] std::io::Error),
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -110,21 +114,38 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         cfg.policy.display()
     );
 
-    // The emulator plays the kernel; it must outlive the service.
-    let (root, _emulator) = match &cfg.simulate {
+    // The emulator plays the kernel; it must outlive the service. PCI hotplug is followed
+    // through uevents: the kernel's on a real host, the emulator's on a simulated one (the
+    // same bytes through the same parser). Opened now: the confined daemon may not.
+    let (root, _emulator, uevents) = match &cfg.simulate {
         #[cfg(feature = "simulator")]
         Some(dir) => {
             sim::build(dir, &cfg.sim_spec).map_err(RunError::Simulator)?;
-            let emulator = sim::Emulator::start(dir).map_err(RunError::Simulator)?;
+            let (ours, theirs) =
+                std::os::unix::net::UnixDatagram::pair().map_err(RunError::UeventThread)?;
+            let emulator =
+                sim::Emulator::start_with_uevents(dir, theirs).map_err(RunError::Simulator)?;
             tracing::info!("simulated hardware under {}", dir.display());
             (
                 dir.clone(),
                 Some(Box::new(emulator) as Box<dyn std::any::Any>),
+                Some(UeventSocket::simulated(ours)),
             )
         }
         #[cfg(not(feature = "simulator"))]
         Some(_) => return Err(RunError::NoSimulator),
-        None => (cfg.root.clone(), None::<Box<dyn std::any::Any>>),
+        None if cfg.root == std::path::Path::new("/") => (
+            cfg.root.clone(),
+            None::<Box<dyn std::any::Any>>,
+            Some(UeventSocket::kernel().map_err(RunError::Uevents)?),
+        ),
+        None => {
+            tracing::info!(
+                "hardware root {} is not /: the kernel's PCI hotplug events do not apply to it",
+                cfg.root.display()
+            );
+            (cfg.root.clone(), None, None)
+        }
     };
 
     let state = state::StateStore::open(&cfg.state_dir).map_err(RunError::State)?;
@@ -169,6 +190,9 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         events: Arc::new(events.clone()),
     })
     .await;
+    if let Some(socket) = uevents {
+        follow_uevents(socket, engine.clone())?;
+    }
     let ctx = BusContext::new(engine.clone(), conn.clone(), callers, events);
     tokio::spawn(forwarder.run(ctx.clone()));
     // Every object is on the bus before the name is taken.
@@ -203,6 +227,58 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     heap::spawn_trimmer(heap::TRIM_PERIOD);
 
     signals.serve(engine).await;
+    Ok(())
+}
+
+/// Reads uevents on a thread of its own (a blocking `recvfrom`) and hands the PCI ones, in
+/// order, to one task that applies them to the engine.
+fn follow_uevents(socket: UeventSocket, engine: Arc<Engine>) -> Result<(), RunError> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("uevents".into())
+        .spawn(move || loop {
+            let item = match socket.receive() {
+                Ok(Received::Ignored) => continue,
+                Ok(Received::Closed) => {
+                    tracing::info!("the uevent source closed; hotplug is not followed");
+                    return;
+                }
+                Ok(item) => item,
+                Err(UeventError::Receive(nix::Error::EINTR)) => continue,
+                Err(e @ UeventError::Receive(_)) => {
+                    tracing::error!("{}; hotplug is not followed", error_chain(&e));
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!("{} (ignored)", error_chain(&e));
+                    continue;
+                }
+            };
+            if tx.send(item).is_err() {
+                return;
+            }
+        })
+        .map_err(RunError::UeventThread)?;
+    tokio::spawn(async move {
+        while let Some(item) = rx.recv().await {
+            match item {
+                Received::Pci(event) => {
+                    tracing::debug!(
+                        "uevent {:?} {} (seqnum {:?})",
+                        event.action,
+                        event.bdf,
+                        event.seqnum
+                    );
+                    engine.pci_event(&event).await;
+                }
+                Received::Lost => {
+                    tracing::warn!("uevents were lost (queue overflow); checking every device");
+                    engine.resync_presence().await;
+                }
+                Received::Ignored | Received::Closed => {}
+            }
+        }
+    });
     Ok(())
 }
 

@@ -173,7 +173,11 @@ fn scenarios_pass_on_the_real_kernel() {
         first.context()
     );
     // Scenario failures are reported at the end: the power cuts run whatever they say.
-    let failures = rig_scenarios::failures(&first.console, rig_scenarios::SIM_ONLY);
+    let failures = rig_scenarios::failures(
+        &first.console,
+        rig_scenarios::KERNEL_EXTRA,
+        rig_scenarios::SIM_ONLY,
+    );
     let scenario_failures = (!failures.is_empty()).then(|| {
         format!(
             "scenarios failed on the real kernel:\n  {}\n{}",

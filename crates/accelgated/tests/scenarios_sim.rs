@@ -60,7 +60,7 @@ fn rig_scenarios_pass_on_the_simulator() {
         std::io::stderr(),
         "rig scenarios on the simulator: {elapsed:.1?}"
     );
-    let failures = rig_scenarios::failures(&stdout, rig_scenarios::KERNEL_ONLY);
+    let failures = rig_scenarios::failures(&stdout, &[], rig_scenarios::KERNEL_ONLY);
     assert!(
         failures.is_empty(),
         "scenarios failed on the simulator:\n  {}\n--- script output ---\n{stdout}\n--- stderr ---\n{}\n--- daemon log ---\n{}",

@@ -11,12 +11,14 @@ pub mod mtd;
 pub mod pci;
 pub mod slot;
 pub mod sriov;
+pub mod uevent;
 pub mod window;
 
 pub use fwupload::{FwUpload, FwUploadError};
 pub use pci::{reset_function, BarInfo, PciBdf, PciError, PciFunction};
 pub use slot::{image_version, FirmwareStatus, Slot, SlotInfo, VERSION_HEADER};
 pub use sriov::{Sriov, SriovError};
+pub use uevent::{PciAction, PciUevent, Received, UeventError, UeventSocket};
 pub use window::{Access, SliceWindow, Width, WindowError, MAX_COUNT};
 
 use std::path::{Path, PathBuf};

@@ -9,6 +9,9 @@ use super::{parse_hex, read_attr, write_attr, HwRoot};
 const IORESOURCE_MEM: u64 = 0x200;
 /// BARs 0..=5; the ROM and SR-IOV lines that follow are not BARs of this function.
 const BAR_COUNT: u8 = 6;
+/// The command register in the configuration header, and its memory-space enable bit.
+const PCI_COMMAND: u64 = 0x4;
+const PCI_COMMAND_MEMORY: u16 = 0x2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PciError {
@@ -174,6 +177,38 @@ impl PciFunction {
 
     pub fn resource_path(&self, n: u8) -> PathBuf {
         self.dir.join(format!("resource{n}"))
+    }
+
+    /// Turns on memory decoding (`PCI_COMMAND_MEMORY`) if it is off, and says whether it
+    /// was. A hot-added function starts with decoding off: its BARs read 0 until it is on.
+    ///
+    /// Written through the `config` attribute rather than `enable`: the kernel's `enable`
+    /// wants CAP_SYS_ADMIN (the confined daemon keeps only CAP_SYS_RAWIO), while a write to
+    /// the standard header through `config` needs only the file's permissions (root).
+    pub fn enable_memory(&self) -> Result<bool, PciError> {
+        use std::os::unix::fs::FileExt;
+        let path = self.dir.join("config");
+        let io = |source| PciError::Io {
+            path: path.clone(),
+            source,
+        };
+        let config = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        let mut command = [0u8; 2];
+        config
+            .read_exact_at(&mut command, PCI_COMMAND)
+            .map_err(io)?;
+        let value = u16::from_le_bytes(command);
+        if value & PCI_COMMAND_MEMORY != 0 {
+            return Ok(false);
+        }
+        config
+            .write_all_at(&(value | PCI_COMMAND_MEMORY).to_le_bytes(), PCI_COMMAND)
+            .map_err(io)?;
+        Ok(true)
     }
 }
 

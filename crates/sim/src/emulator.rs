@@ -4,8 +4,9 @@
 
 use std::collections::HashMap;
 use std::os::fd::AsFd;
+use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -49,6 +50,9 @@ struct Shared {
     workers: Mutex<Vec<JoinHandle<()>>>,
     /// Uploads take the time the simulated transfer speed says (see [`UNPACED_ENV`]).
     paced: bool,
+    /// Where the kernel's uevents for hot-added and removed functions go, if anywhere.
+    uevents: Option<UnixDatagram>,
+    seqnum: AtomicU64,
 }
 
 /// Per firmware-upload entry: whether a worker owns it, and a pending cancel request.
@@ -59,6 +63,7 @@ struct UploadSlot {
 }
 
 /// What a watch descriptor is watching.
+#[derive(Clone, Copy)]
 enum Watched {
     Pf(usize),
     Fw(usize),
@@ -68,12 +73,37 @@ enum Watched {
     PciBus,
     /// The directory of a VF (PF index, VF index): its `reset` attribute.
     Vf(usize, u32),
+    /// The simulation directory itself, for its [`HOTPLUG`] control file.
+    Root,
+}
+
+/// The control file in the simulation directory that plays QEMU's `device_add` and
+/// `device_del`: writing `add <bdf>` or `remove <bdf>` (a PF of the spec) hot-adds or
+/// removes that function (see [`request_hotplug`]).
+pub const HOTPLUG: &str = "hotplug";
+
+/// Asks the emulator running on `dir` to hot-add (`add`) or remove a PF of its spec, as QEMU's
+/// `device_add`/`device_del` would; the emulator announces it with the kernel's uevents.
+pub fn request_hotplug(dir: &Path, add: bool, bdf: &str) -> Result<(), SimError> {
+    let path = dir.join(HOTPLUG);
+    let verb = if add { "add" } else { "remove" };
+    std::fs::write(&path, format!("{verb} {bdf}\n")).map_err(SimError::io(&path))
 }
 
 impl Emulator {
     /// Starts emulating the tree under `dir` (built by [`super::build`]). Watches are in place
     /// when this returns, so every later write is seen.
     pub fn start(dir: &Path) -> Result<Emulator, SimError> {
+        Self::start_inner(dir, None)
+    }
+
+    /// Like [`Emulator::start`], and announces hot-added and removed functions (see
+    /// [`HOTPLUG`]) on `uevents` in the kernel's uevent format.
+    pub fn start_with_uevents(dir: &Path, uevents: UnixDatagram) -> Result<Emulator, SimError> {
+        Self::start_inner(dir, Some(uevents))
+    }
+
+    fn start_inner(dir: &Path, uevents: Option<UnixDatagram>) -> Result<Emulator, SimError> {
         let tree = Tree::load(dir)?;
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
             .map_err(SimError::Inotify)?;
@@ -95,6 +125,8 @@ impl Emulator {
                 watched.insert(wd, Watched::Slots(index));
             }
         }
+        let wd = add_watch(&inotify, dir)?;
+        watched.insert(wd, Watched::Root);
         let uploads = tree
             .spec
             .fw_uploads
@@ -107,6 +139,8 @@ impl Emulator {
             uploads,
             workers: Mutex::new(Vec::new()),
             paced: std::env::var_os(UNPACED_ENV).is_none_or(|v| v == "0"),
+            uevents,
+            seqnum: AtomicU64::new(1),
         });
         let for_thread = Arc::clone(&shared);
         let watcher = std::thread::Builder::new()
@@ -192,26 +226,37 @@ fn watch_loop(
                 watched.remove(&event.wd);
                 continue;
             }
-            let (Some(target), Some(name)) = (watched.get(&event.wd), event.name) else {
+            let (Some(target), Some(name)) = (watched.get(&event.wd).copied(), event.name) else {
                 continue;
             };
             let result = match (target, name.to_str()) {
                 (Watched::Pf(index), Some("sriov_numvfs")) => {
-                    let index = *index;
                     let result = shared
                         .tree
                         .reconcile_vfs(&shared.tree.spec.functions[index]);
                     watch_vfs(&shared.tree, inotify, &mut watched, index);
                     result
                 }
-                (Watched::Vf(pf, vf), Some("reset")) => {
-                    shared.tree.reset_vf(&shared.tree.spec.functions[*pf], *vf)
+                (Watched::Pf(index), Some("config")) => {
+                    shared.tree.decode_on(&shared.tree.spec.functions[index])
                 }
-                (Watched::Fw(index), Some("loading")) => on_loading(shared, *index),
-                (Watched::Fw(index), Some("cancel")) => on_cancel(shared, *index),
+                (Watched::Vf(pf, vf), Some("reset")) => {
+                    shared.tree.reset_vf(&shared.tree.spec.functions[pf], vf)
+                }
+                (Watched::Root, Some(HOTPLUG)) => {
+                    let mut watch_new = |index: usize, dir: &Path| -> Result<(), SimError> {
+                        // A new directory: watch it (the old watch ended with the old one).
+                        let wd = add_watch(inotify, dir)?;
+                        watched.insert(wd, Watched::Pf(index));
+                        Ok(())
+                    };
+                    on_hotplug(shared, &mut watch_new)
+                }
+                (Watched::Fw(index), Some("loading")) => on_loading(shared, index),
+                (Watched::Fw(index), Some("cancel")) => on_cancel(shared, index),
                 (Watched::PciBus, Some("drivers_probe")) => shared.tree.probe(),
                 (Watched::Slots(index), Some("activate")) => {
-                    super::flash::on_activate(&shared.tree, &shared.tree.spec.fw_uploads[*index])
+                    super::flash::on_activate(&shared.tree, &shared.tree.spec.fw_uploads[index])
                 }
                 _ => Ok(()),
             };
@@ -219,6 +264,66 @@ fn watch_loop(
                 tracing::warn!("simulator: {err}");
             }
         }
+    }
+}
+
+/// Performs the request in the [`HOTPLUG`] file. A hot-added function's directory is handed to
+/// `watch_new` before anyone can write to it.
+fn on_hotplug(
+    shared: &Shared,
+    watch_new: &mut dyn FnMut(usize, &Path) -> Result<(), SimError>,
+) -> Result<(), SimError> {
+    let tree = &shared.tree;
+    let request = read_attr(&tree.root.join(HOTPLUG)).unwrap_or_default();
+    let mut words = request.split_whitespace();
+    let (Some(verb), Some(bdf), None) = (words.next(), words.next(), words.next()) else {
+        return Err(SimError::InvalidSpec(format!(
+            "hotplug request {request:?}"
+        )));
+    };
+    let Some(index) = tree.spec.functions.iter().position(|pf| pf.bdf == bdf) else {
+        return Err(SimError::InvalidSpec(format!(
+            "hotplug of unknown PF {bdf}"
+        )));
+    };
+    let pf = &tree.spec.functions[index];
+    match verb {
+        "remove" => {
+            let vf_device = pf.sriov.as_ref().map_or(pf.device, |vfs| vfs.device);
+            for gone in tree.unplug(pf)? {
+                let device = if gone == pf.bdf { pf.device } else { vf_device };
+                send_uevent(shared, "remove", &gone, (pf.vendor, device));
+            }
+            Ok(())
+        }
+        "add" => {
+            if !tree.plug_announce(pf)? {
+                return Ok(());
+            }
+            watch_new(index, &tree.function_dir(&pf.bdf))?;
+            // As the kernel: the `add` uevent goes out before the resource files exist.
+            send_uevent(shared, "add", &pf.bdf, (pf.vendor, pf.device));
+            tree.plug_finish(index, pf)
+        }
+        _ => Err(SimError::InvalidSpec(format!(
+            "hotplug request {request:?}"
+        ))),
+    }
+}
+
+/// One uevent in the kernel's format (`ACTION@DEVPATH`, then `KEY=VALUE`, each NUL-ended).
+fn send_uevent(shared: &Shared, action: &str, bdf: &str, (vendor, device): (u16, u16)) {
+    let Some(socket) = &shared.uevents else {
+        return;
+    };
+    let devpath = format!("/devices/pci{}/{bdf}", &bdf[..7]);
+    let seqnum = shared.seqnum.fetch_add(1, Ordering::Relaxed);
+    let message = format!(
+        "{action}@{devpath}\0ACTION={action}\0DEVPATH={devpath}\0SUBSYSTEM=pci\0\
+         PCI_ID={vendor:04X}:{device:04X}\0PCI_SLOT_NAME={bdf}\0SEQNUM={seqnum}\0"
+    );
+    if let Err(err) = socket.send(message.as_bytes()) {
+        tracing::warn!("simulator: cannot send the {action} uevent for {bdf}: {err}");
     }
 }
 

@@ -457,3 +457,91 @@ fn upload_without_a_responding_device_times_out_and_early_cancel_touches_nothing
     // The half-started load was aborted.
     assert_eq!(std::fs::read_to_string(&loading).unwrap(), "-1");
 }
+
+/// The next uevent the emulator sent, parsed by the hardware crate's parser.
+fn next_uevent(socket: &std::os::unix::net::UnixDatagram) -> accelgate_hw::PciUevent {
+    socket.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut buf = vec![0u8; accelgate_hw::uevent::MAX_UEVENT_LEN];
+    let len = socket.recv(&mut buf).expect("no uevent within the timeout");
+    accelgate_hw::uevent::parse(&buf[..len])
+        .expect("the kernel's format")
+        .expect("a PCI add or remove")
+}
+
+#[test]
+fn hotplug_removes_and_adds_functions_with_the_kernels_uevents() {
+    let (dir, root) = standard("hotplug");
+    let (ours, theirs) = std::os::unix::net::UnixDatagram::pair().unwrap();
+    let _emulator = Emulator::start_with_uevents(&dir.0, theirs).unwrap();
+    let nic = bdf("0000:5e:00.0");
+    Sriov::new(&PciFunction::open(&root, &nic).unwrap())
+        .unwrap()
+        .set_num_vfs(2, TIMEOUT)
+        .unwrap();
+
+    // Removal: VFs first (top down), then the PF, each announced; the directories are gone.
+    request_hotplug(&dir.0, false, nic.as_str()).unwrap();
+    let order: Vec<(accelgate_hw::PciAction, String)> = (0..3)
+        .map(|_| next_uevent(&ours))
+        .map(|e| (e.action, e.bdf.to_string()))
+        .collect();
+    let remove = accelgate_hw::PciAction::Remove;
+    assert_eq!(
+        order,
+        vec![
+            (remove, "0000:5e:10.2".to_owned()),
+            (remove, "0000:5e:10.0".to_owned()),
+            (remove, "0000:5e:00.0".to_owned()),
+        ]
+    );
+    assert!(matches!(
+        PciFunction::open(&root, &nic),
+        Err(PciError::NotFound(_))
+    ));
+    assert!(!root.pci_device_dir(&bdf("0000:5e:10.0")).exists());
+
+    // Addition: announced, then the BAR reads 0 until memory decoding is turned on.
+    request_hotplug(&dir.0, true, nic.as_str()).unwrap();
+    let added = next_uevent(&ours);
+    assert_eq!(added.action, accelgate_hw::PciAction::Add);
+    assert_eq!(added.bdf, nic);
+    let deadline = Instant::now() + TIMEOUT;
+    let function = loop {
+        match PciFunction::open(&root, &nic).and_then(|f| f.bar(0).map(|_| f)) {
+            Ok(f) if f.resource_path(0).exists() => break f,
+            _ => {
+                assert!(Instant::now() < deadline, "the PF never came back");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    };
+    assert_eq!(
+        function.driver, None,
+        "no driver binds a hot-added function"
+    );
+    let window = SliceWindow::open(&function.resource_path(0), 0, 0x1000).unwrap();
+    assert_eq!(window.read(REG_ID, 1, Width::U32).unwrap(), vec![0]);
+    assert!(function.enable_memory().unwrap(), "decoding was off");
+    assert!(!function.enable_memory().unwrap(), "and is on now");
+    let deadline = Instant::now() + TIMEOUT;
+    while window.read(REG_ID, 1, Width::U32).unwrap() != vec![0xacce_e001] {
+        assert!(Instant::now() < deadline, "the ID register never answered");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Its SR-IOV works again (the new directory is watched).
+    Sriov::new(&function)
+        .unwrap()
+        .set_num_vfs(1, TIMEOUT)
+        .unwrap();
+
+    // Repeats change nothing and announce nothing; an unknown PF is refused.
+    request_hotplug(&dir.0, true, nic.as_str()).unwrap();
+    request_hotplug(&dir.0, true, "0000:77:00.0").unwrap();
+    ours.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(ours.recv(&mut buf).is_err(), "nothing more was announced");
+    // A boot-time function has decoding on already.
+    let fpga = PciFunction::open(&root, &bdf("0000:3b:00.0")).unwrap();
+    assert!(!fpga.enable_memory().unwrap());
+}

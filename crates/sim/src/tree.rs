@@ -29,6 +29,14 @@ const BAR_FLAGS: u64 = 0x40200;
 const RESOURCE_LINES: usize = 13;
 /// First SR-IOV resource line (the VF BAR0 aperture of a PF).
 const IOV_RESOURCE_LINE: usize = 7;
+/// The standard configuration header the `config` attribute shows (64 bytes).
+const CONFIG_LEN: usize = 64;
+/// The command register and its memory-space enable bit.
+pub(crate) const PCI_COMMAND: u64 = 0x4;
+pub(crate) const PCI_COMMAND_MEMORY: u16 = 0x2;
+/// What firmware leaves in a boot-time function's command register: memory space and bus
+/// master on.
+const COMMAND_AT_BOOT: u16 = 0x6;
 
 /// The simulated tree: its root and what it contains.
 #[derive(Clone, Debug)]
@@ -120,6 +128,29 @@ impl Tree {
     fn build_pf(&self, index: usize, pf: &PfSpec) -> Result<(), SimError> {
         let dir = self.function_dir(&pf.bdf);
         mkdir_all(&dir)?;
+        let identity = Identity {
+            vendor: pf.vendor,
+            device: pf.device,
+            class: pf.class,
+        };
+        write_bytes(
+            &dir.join("config"),
+            &config_header(&identity, COMMAND_AT_BOOT),
+        )?;
+        self.write_pf_resources(index, pf, &pf_registers(pf), true)?;
+        self.link_function(&pf.bdf)
+    }
+
+    /// The PF's `resource` and `resource0` (with `registers` written), its SR-IOV attributes,
+    /// and with `driver`, its driver link.
+    fn write_pf_resources(
+        &self,
+        index: usize,
+        pf: &PfSpec,
+        registers: &[(u64, u32)],
+        driver: bool,
+    ) -> Result<(), SimError> {
+        let dir = self.function_dir(&pf.bdf);
         let bar_start = 0x2000_0000_0000 + ((index as u64) << 32);
         let mut resources = vec![(bar_start, pf.bar0_size)];
         if let Some(vfs) = &pf.sriov {
@@ -134,23 +165,90 @@ impl Tree {
             write_file(&dir.join("sriov_stride"), &format!("{}\n", vfs.stride))?;
             create_if_missing(&dir.join("sriov_drivers_autoprobe"), "1\n")?;
         }
-        let mut registers = vec![(REG_ID, pf.id)];
-        for (n, region) in pf.regions.iter().enumerate() {
-            registers.push((region.offset + REG_REGION_ID, 0xacce_0000 | n as u32));
-        }
         let identity = Identity {
             vendor: pf.vendor,
             device: pf.device,
             class: pf.class,
         };
-        self.write_function(&dir, &identity, &resources, pf.bar0_size, &registers)?;
+        self.write_function(&dir, &identity, &resources, pf.bar0_size, registers)?;
         create_if_missing(&dir.join("driver_override"), NO_OVERRIDE)?;
         // The spec's driver is bound when the host comes up; a function without one keeps
         // whatever was bound later (pci-pf-stub through drivers_probe), as a running kernel does.
-        if let Some(driver) = &pf.driver {
-            self.bind(&pf.bdf, driver)?;
+        // A hot-added function comes up without a driver.
+        if let (true, Some(name)) = (driver, &pf.driver) {
+            self.bind(&pf.bdf, name)?;
         }
-        self.link_function(&pf.bdf)
+        Ok(())
+    }
+
+    /// Takes a PF off the bus as the kernel does (its VFs first), and returns the addresses
+    /// removed, in the order the kernel announces them. Nothing to do for an absent PF.
+    pub fn unplug(&self, pf: &PfSpec) -> Result<Vec<String>, SimError> {
+        let dir = self.function_dir(&pf.bdf);
+        if !dir.exists() {
+            return Ok(Vec::new());
+        }
+        let mut gone = Vec::new();
+        if let Some(vfs) = &pf.sriov {
+            for i in (0..self.existing_vfs(pf)).rev() {
+                let vf_bdf = vf_bdf(&pf.bdf, vfs, i);
+                let vf_dir = self.function_dir(&vf_bdf);
+                self.remove_vf(&dir.join(format!("virtfn{i}")), &vf_bdf, &vf_dir)?;
+                gone.push(vf_bdf);
+            }
+        }
+        remove_if_present(&self.sys().join("bus/pci/devices").join(&pf.bdf))?;
+        std::fs::remove_dir_all(&dir).map_err(SimError::io(&dir))?;
+        gone.push(pf.bdf.clone());
+        Ok(gone)
+    }
+
+    /// First half of a hot-add, before the kernel announces the function: its directory,
+    /// identity and `config` (memory decoding off), and the bus link. `false` if it is
+    /// already on the bus.
+    pub fn plug_announce(&self, pf: &PfSpec) -> Result<bool, SimError> {
+        let dir = self.function_dir(&pf.bdf);
+        if dir.exists() {
+            return Ok(false);
+        }
+        mkdir_all(&dir)?;
+        let identity = Identity {
+            vendor: pf.vendor,
+            device: pf.device,
+            class: pf.class,
+        };
+        write_file(&dir.join("vendor"), &format!("{:#06x}\n", identity.vendor))?;
+        write_file(&dir.join("device"), &format!("{:#06x}\n", identity.device))?;
+        write_file(&dir.join("class"), &format!("{:#08x}\n", identity.class))?;
+        write_bytes(&dir.join("config"), &config_header(&identity, 0))?;
+        self.link_function(&pf.bdf)?;
+        Ok(true)
+    }
+
+    /// Second half of a hot-add, after the announcement (as the kernel, which adds the
+    /// `resourceN` files after the `add` uevent): the BAR reads 0 until memory decoding is
+    /// turned on ([`Tree::decode_on`]), and no driver binds the function.
+    pub fn plug_finish(&self, index: usize, pf: &PfSpec) -> Result<(), SimError> {
+        let bar = self.function_dir(&pf.bdf).join("resource0");
+        remove_if_present(&bar)?;
+        self.write_pf_resources(index, pf, &[], false)
+    }
+
+    /// The function's `config` was written: with memory decoding on, its registers answer.
+    pub fn decode_on(&self, pf: &PfSpec) -> Result<(), SimError> {
+        let dir = self.function_dir(&pf.bdf);
+        let Ok(config) = std::fs::read(dir.join("config")) else {
+            return Ok(());
+        };
+        let command = match config.get(PCI_COMMAND as usize..PCI_COMMAND as usize + 2) {
+            Some(&[lo, hi]) => u16::from_le_bytes([lo, hi]),
+            _ => 0,
+        };
+        let bar = dir.join("resource0");
+        if command & PCI_COMMAND_MEMORY == 0 || !bar.exists() {
+            return Ok(());
+        }
+        ensure_bar(&bar, pf.bar0_size, &pf_registers(pf))
     }
 
     /// `<bdf>/driver` -> `bus/pci/drivers/<driver>`, creating the driver's directory.
@@ -477,6 +575,26 @@ fn revoke_bar_mappings(vf_dir: &Path) -> Result<(), SimError> {
     Ok(())
 }
 
+/// The read-only registers of a PF's BAR0: its ID and each region's ID.
+fn pf_registers(pf: &PfSpec) -> Vec<(u64, u32)> {
+    let mut registers = vec![(REG_ID, pf.id)];
+    for (n, region) in pf.regions.iter().enumerate() {
+        registers.push((region.offset + REG_REGION_ID, 0xacce_0000 | n as u32));
+    }
+    registers
+}
+
+/// The standard configuration header: IDs, the command register, class code.
+fn config_header(identity: &Identity, command: u16) -> Vec<u8> {
+    let mut header = vec![0u8; CONFIG_LEN];
+    header[0..2].copy_from_slice(&identity.vendor.to_le_bytes());
+    header[2..4].copy_from_slice(&identity.device.to_le_bytes());
+    header[4..6].copy_from_slice(&command.to_le_bytes());
+    // Revision (0x08) then the 24-bit class code, low byte first.
+    header[9..12].copy_from_slice(&identity.class.to_le_bytes()[..3]);
+    header
+}
+
 struct Identity {
     vendor: u16,
     device: u16,
@@ -505,6 +623,13 @@ pub(crate) fn vf_bdf(pf_bdf: &str, vfs: &VfSpec, i: u32) -> String {
         (devfn >> 3) & 0x1f,
         devfn & 7
     )
+}
+
+fn write_bytes(path: &Path, contents: &[u8]) -> Result<(), SimError> {
+    if std::fs::read(path).is_ok_and(|existing| existing == contents) {
+        return Ok(());
+    }
+    std::fs::write(path, contents).map_err(SimError::io(path))
 }
 
 fn mkdir_all(dir: &Path) -> Result<(), SimError> {

@@ -69,6 +69,9 @@ pub struct DeviceRt {
     pub sriov: Option<Sriov>,
     /// Declared slices plus the VF slices that exist now.
     pub slices: RwLock<BTreeMap<String, Arc<SliceRt>>>,
+    /// Set once the kernel said the function left the bus: its windows map a dead function
+    /// (reads return 0 without a fault), so nothing may trust them any more.
+    removed: tokio::sync::watch::Sender<bool>,
 }
 
 /// A slice as the daemon serves it.
@@ -199,14 +202,44 @@ impl DeviceRt {
                 }
             }
         }
+        if pci.driver.is_none() {
+            // A hot-added function starts with memory decoding off; without a driver nobody
+            // else turns it on. (A driver's function is left to its driver.)
+            match pci.enable_memory() {
+                Ok(true) => {
+                    tracing::info!("{}: memory decoding of {} turned on", policy.id, pci.bdf)
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!("{}: {}", policy.id, error_chain(&e)),
+            }
+        }
         let dev = DeviceRt {
             policy: policy.clone(),
             pci,
             sriov,
             slices: RwLock::new(slices),
+            removed: tokio::sync::watch::Sender::new(false),
         };
         dev.refresh_vf_slices()?;
         Ok(dev)
+    }
+
+    /// Whether the function has left the PCI bus.
+    pub fn is_removed(&self) -> bool {
+        *self.removed.borrow()
+    }
+
+    /// Records that the function has left the PCI bus; wakes whoever waits in
+    /// [`DeviceRt::wait_removed`].
+    pub fn mark_removed(&self) {
+        self.removed.send_replace(true);
+    }
+
+    /// Returns once the function has left the PCI bus.
+    pub async fn wait_removed(&self) {
+        let mut rx = self.removed.subscribe();
+        // The sender lives as long as `self`, so the wait ends only by removal.
+        let _ = rx.wait_for(|removed| *removed).await;
     }
 
     pub fn slice(&self, id: &str) -> Option<Arc<SliceRt>> {

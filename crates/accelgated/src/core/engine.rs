@@ -2,14 +2,14 @@
 //! `Operation`, passes the gatekeeper (no path can act without an `Authorized`), and announces
 //! what it changed as events.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
-use accelgate_hw::{FwUpload, HwRoot, Width};
+use accelgate_hw::{FwUpload, HwRoot, PciAction, PciBdf, PciUevent, Width};
 use accelgate_policy::{FirmwarePolicy, LoaderSpec, RolePolicy, SliceKind};
 use accelgate_proto::Operation;
 
@@ -39,6 +39,10 @@ const UPLOAD_TIMEOUT: Duration = Duration::from_secs(600);
 const SRIOV_TIMEOUT: Duration = Duration::from_secs(30);
 /// A function reset (FLR) takes ~100 ms on hardware; the simulator answers within milliseconds.
 const RESET_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a hot-added function may take to become openable: the kernel announces it
+/// (`add`) before it has created its `resourceN` files.
+const ARRIVAL_SETTLE: Duration = Duration::from_secs(3);
+const ARRIVAL_RETRY: Duration = Duration::from_millis(50);
 
 /// The firmware properties of a device.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -73,6 +77,8 @@ pub struct Engine {
     policy_path: PathBuf,
     policy: RwLock<Arc<RolePolicy>>,
     devices: RwLock<BTreeMap<String, Arc<DeviceRt>>>,
+    /// Devices of the policy whose PCI function left the bus while served.
+    departed: Mutex<BTreeSet<String>>,
     /// The state in effect. Locked only briefly, never across a write of the state file.
     state: Arc<Mutex<StateStore>>,
     /// Held from preparing a state update until it is committed: one update at a time.
@@ -108,6 +114,7 @@ impl Engine {
             policy_path: parts.policy_path,
             policy: RwLock::new(Arc::new(parts.policy)),
             devices: RwLock::new(devices),
+            departed: Mutex::default(),
             state: Arc::new(Mutex::new(parts.state)),
             state_updates: Default::default(),
             state_writer: StateWriter::default(),
@@ -204,7 +211,20 @@ impl Engine {
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
             .cloned()
-            .ok_or_else(|| CoreError::NotFound(format!("no device {id}")))
+            .ok_or_else(|| self.absent(id))
+    }
+
+    /// Why a device is not served: gone from the bus, or unknown.
+    fn absent(&self, id: &str) -> CoreError {
+        let departed = self
+            .departed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id);
+        match self.policy().devices.iter().find(|d| d.id == id) {
+            Some(dp) if departed => removed_error(id, &dp.pci),
+            _ => CoreError::NotFound(format!("no device {id}")),
+        }
     }
 
     fn slice(&self, device: &str, slice: &str) -> Result<(Arc<DeviceRt>, Arc<SliceRt>), CoreError> {
@@ -269,12 +289,18 @@ impl Engine {
         let auth = self.authorize(req, Operation::SliceRead, target).await?;
         // After the polkit round trip, right before the hardware is touched.
         self.recheck_at_use(&auth)?;
-        let (_, slice) = self.target_slice(&auth)?;
+        let (dev, slice) = self.target_slice(&auth)?;
         let width = Width::try_from(width).map_err(|e| self.deny_by_limit(&auth, e.into()))?;
-        slice
+        let values = slice
             .with_window(|w| w.read(offset, count, width))
             .map_err(gone)?
-            .map_err(|e| self.deny_by_limit(&auth, e.into()))
+            .map_err(|e| self.deny_by_limit(&auth, e.into()))?;
+        // A removed function's mapping reads 0 rather than faulting: values read while the
+        // function was leaving are not the device's.
+        if dev.is_removed() {
+            return Err(removed_error(&dev.policy.id, &dev.policy.pci));
+        }
+        Ok(values)
     }
 
     pub async fn write(
@@ -288,7 +314,7 @@ impl Engine {
         let auth = self.authorize(req, Operation::SliceWrite, target).await?;
         self.recheck_at_use(&auth)?;
         let auth = &auth;
-        let (_, slice) = self.target_slice(auth)?;
+        let (dev, slice) = self.target_slice(auth)?;
         let width = Width::try_from(width).map_err(|e| self.deny_by_limit(auth, e.into()))?;
         let len = (values.len() as u64).checked_mul(width.bytes());
         let end = len.and_then(|l| offset.checked_add(l));
@@ -308,13 +334,20 @@ impl Engine {
         slice
             .with_window(|w| w.write(offset, values, width))
             .map_err(gone)?
-            .map_err(|e| self.deny_by_limit(auth, e.into()))
+            .map_err(|e| self.deny_by_limit(auth, e.into()))?;
+        if dev.is_removed() {
+            return Err(removed_error(&dev.policy.id, &dev.policy.pci));
+        }
+        Ok(())
     }
 
     pub async fn map(&self, req: &Request, target: Target) -> Result<OwnedFd, CoreError> {
         let auth = self.authorize(req, Operation::SliceMap, target).await?;
         let auth = &auth;
-        let (_, slice) = self.target_slice(auth)?;
+        let (dev, slice) = self.target_slice(auth)?;
+        if dev.is_removed() {
+            return Err(removed_error(&dev.policy.id, &dev.policy.pci));
+        }
         let Some(resource) = &slice.mappable_resource else {
             return Err(self.deny_by_limit(
                 auth,
@@ -577,9 +610,27 @@ impl Engine {
             job.finish(Ok(message));
             return Ok(id);
         }
+        // A job on a device ends when the device leaves the bus: its work is told to stop
+        // (the cancel flag) and abandoned, and the job fails saying why.
+        let device = auth.target().device().and_then(|d| self.device(d).ok());
         tokio::spawn(async move {
             let _busy = busy;
-            let result = work(job.clone()).await;
+            let result = match device {
+                Some(dev) => {
+                    let cancel = job.cancel_flag();
+                    tokio::select! {
+                        result = work(job.clone()) => result,
+                        () = dev.wait_removed() => {
+                            cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+                            Err(CoreError::Failed(format!(
+                                "the job was abandoned: {}",
+                                removed_error(&dev.policy.id, &dev.policy.pci)
+                            )))
+                        }
+                    }
+                }
+                None => work(job.clone()).await,
+            };
             job.finish(result);
         });
         Ok(id)
@@ -1153,10 +1204,163 @@ impl Engine {
         };
         let revision = policy.revision.clone();
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+        self.departed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|d| !merged.contains_key(d));
         *self.devices.write().unwrap_or_else(|p| p.into_inner()) = merged;
         tracing::info!("policy reloaded, revision {revision}");
         self.emit(Event::PolicyReloaded { revision });
         Ok(())
+    }
+
+    // ---------------------------------------------------------------- hotplug
+
+    /// Follows a kernel uevent: the device of the policy at that PCI address is served from
+    /// the moment its function is added and withdrawn the moment it is removed. Addresses the
+    /// policy does not name are ignored.
+    pub async fn pci_event(&self, event: &PciUevent) {
+        match event.action {
+            PciAction::Add => self.pci_added(&event.bdf).await,
+            PciAction::Remove => self.pci_removed(&event.bdf).await,
+        }
+    }
+
+    /// After uevents were lost: every device of the policy is served exactly when its function
+    /// is on the bus.
+    pub async fn resync_presence(&self) {
+        for dp in self.policy().devices.iter() {
+            let Ok(bdf) = PciBdf::parse(&dp.pci) else {
+                continue;
+            };
+            let present = self.hw.pci_device_dir(&bdf).exists();
+            let served = self
+                .devices
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&dp.id);
+            if present && !served {
+                self.pci_added(&bdf).await;
+            } else if !present && served {
+                self.pci_removed(&bdf).await;
+            }
+        }
+    }
+
+    async fn pci_removed(&self, bdf: &PciBdf) {
+        let Some(id) = self.policy_device_at(bdf).map(|dp| dp.id) else {
+            return;
+        };
+        let Some(dev) = self
+            .devices
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
+        else {
+            return;
+        };
+        // Wakes the device's jobs, which fail; reads and writes still in flight see it too.
+        dev.mark_removed();
+        self.departed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone());
+        tracing::warn!(
+            "{id}: PCI function {bdf} was removed; its slices are withdrawn, their assignments \
+             are kept for its return"
+        );
+        self.emit(Event::DevicePresence {
+            device: id.clone(),
+            present: false,
+        });
+        // The windows are unmapped when the last request holding them ends (no fault: the
+        // kernel leaves a dead page behind a removed function's mapping).
+        drop(dev);
+        if let Err(e) = self.update_state(|st| forget_hardware_state(st, &id)).await {
+            tracing::error!("{id}: {}", error_chain(&e));
+        }
+    }
+
+    async fn pci_added(&self, bdf: &PciBdf) {
+        let Some(dp) = self.policy_device_at(bdf) else {
+            return;
+        };
+        let id = dp.id.clone();
+        if self
+            .devices
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&id)
+        {
+            return;
+        }
+        let hw = self.hw.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + ARRIVAL_SETTLE;
+            let mut attempts = 1u32;
+            loop {
+                match DeviceRt::open(&hw, &dp) {
+                    Ok(dev) => return Ok((dev, attempts)),
+                    Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+                    Err(_) => std::thread::sleep(ARRIVAL_RETRY),
+                }
+                attempts += 1;
+            }
+        })
+        .await;
+        let (dev, attempts) = match opened {
+            Ok(Ok((dev, attempts))) => (Arc::new(dev), attempts),
+            Ok(Err(e)) => {
+                tracing::error!(
+                    "{id}: PCI function {bdf} was added but cannot be served: {}",
+                    error_chain(&e)
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::error!("{id}: {}", error_chain(&e));
+                return;
+            }
+        };
+        // A function that comes (back) onto the bus is fresh hardware: nothing is loaded.
+        if let Err(e) = self.update_state(|st| forget_hardware_state(st, &id)).await {
+            tracing::error!("{id}: {}", error_chain(&e));
+        }
+        {
+            let mut devices = self.devices.write().unwrap_or_else(|p| p.into_inner());
+            if devices.contains_key(&id) {
+                return;
+            }
+            devices.insert(id.clone(), dev.clone());
+        }
+        self.departed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        tracing::info!(
+            "{id}: PCI function {bdf} was added; serving it (opened at attempt {attempts})"
+        );
+        self.emit(Event::DevicePresence {
+            device: id.clone(),
+            present: true,
+        });
+        let wanted = self.state().get().device(&id).num_vfs;
+        if let Some(n) = wanted {
+            if dev.sriov.is_some() && n > 0 && dev.num_vfs() != n && n <= dev.max_vfs() {
+                tracing::info!("restoring {n} VFs on {id}");
+                if let Err(e) = self.apply_vf_count(&dev, n).await {
+                    tracing::error!("{e}");
+                }
+            }
+        }
+    }
+
+    fn policy_device_at(&self, bdf: &PciBdf) -> Option<accelgate_policy::DevicePolicy> {
+        self.policy()
+            .devices
+            .iter()
+            .find(|dp| dp.pci == bdf.as_str())
+            .cloned()
     }
 
     // ---------------------------------------------------------------- start-up repair
@@ -1252,6 +1456,33 @@ impl Engine {
             auth.target()
         ))
     }
+}
+
+/// The refusal for a device whose PCI function left the bus.
+fn removed_error(id: &str, pci: &str) -> CoreError {
+    CoreError::NotFound(format!(
+        "device {id} is not on the PCI bus: its function {pci} was removed; it is served \
+         again when the function is added back"
+    ))
+}
+
+/// What a device's hardware held and loses when its function leaves or (re)joins the bus:
+/// loaded images and personality, and the record of a live mapping (a removed function's
+/// mappings reach only a dead page). Assignments and the wanted VF count stay.
+fn forget_hardware_state(st: &mut PersistentState, device: &str) {
+    let prefix = format!("{device}/");
+    for (_, slice) in st
+        .slices
+        .iter_mut()
+        .filter(|(key, _)| key.starts_with(&prefix))
+    {
+        slice.image_sha256 = None;
+        slice.image_in_flux = false;
+        slice.mapped_by = None;
+    }
+    let dev = st.device_mut(device);
+    dev.personality_sha256 = None;
+    dev.personality_in_flux = false;
 }
 
 /// Opens every device of the policy that the hardware has; a device that cannot be opened is

@@ -16,6 +16,9 @@ pub enum Event {
     SlicesAdded { device: String, slices: Vec<String> },
     /// Slices went away (VFs removed).
     SlicesRemoved { device: String, slices: Vec<String> },
+    /// A device's PCI function came onto the bus (`present`) or left it: the device and its
+    /// slices appeared or went away.
+    DevicePresence { device: String, present: bool },
     /// A new policy is in force: devices and slices may have appeared, gone or changed.
     PolicyReloaded { revision: String },
     /// A job was started; it can be looked up with `Engine::job`.

@@ -90,6 +90,20 @@ async fn forward(ctx: &Arc<BusContext>, event: Event) {
                 exported.remove(&path);
             }
         }
+        Event::DevicePresence { .. } => {
+            // The device and its slices are exported or removed (InterfacesAdded/Removed)
+            // and the Manager's Devices property follows.
+            export_all(ctx).await;
+            if let Ok(iface) = ctx
+                .conn
+                .object_server()
+                .interface::<_, ManagerObject>(ROOT_PATH)
+                .await
+            {
+                let obj = iface.get().await;
+                let _ = obj.devices_changed(iface.signal_emitter()).await;
+            }
+        }
         Event::PolicyReloaded { .. } => {
             export_all(ctx).await;
             if let Ok(iface) = ctx

@@ -38,6 +38,10 @@ pub const KERNEL_ONLY: &[&str] = &[
     "vf-map-after-removal",
 ];
 
+/// Scenarios the kernel's guest runs besides the script's: rig/guest/hotplug.sh, where QEMU
+/// adds and removes a device (the simulator's hotplug has its own test, tests/hotplug.rs).
+pub const KERNEL_EXTRA: &[&str] = &["hotplug-add", "hotplug-remove", "hotplug-return"];
+
 /// Scenarios that only make sense on the simulator (none so far).
 pub const SIM_ONLY: &[&str] = &[];
 
@@ -67,12 +71,14 @@ pub fn results(console: &str) -> BTreeMap<String, (Outcome, String)> {
         .collect()
 }
 
-/// Checks a run's results: every scenario reported, the ones in `skipped` skipped (and no
-/// others), all the rest passed, nothing unknown. Returns the failures, empty when all is well.
-pub fn failures(console: &str, skipped: &[&str]) -> Vec<String> {
+/// Checks a run's results: every scenario (the script's and `extra`) reported, the ones in
+/// `skipped` skipped (and no others), all the rest passed, nothing unknown. Returns the
+/// failures, empty when all is well.
+pub fn failures(console: &str, extra: &[&str], skipped: &[&str]) -> Vec<String> {
     let found = results(console);
     let mut failures = Vec::new();
-    for name in SCENARIOS {
+    let known = |name: &str| SCENARIOS.contains(&name) || extra.contains(&name);
+    for name in SCENARIOS.iter().chain(extra) {
         let should_skip = skipped.contains(name);
         match found.get(*name) {
             Some((Outcome::Pass, detail)) if !should_skip => eprintln!("  pass {name}: {detail}"),
@@ -85,7 +91,7 @@ pub fn failures(console: &str, skipped: &[&str]) -> Vec<String> {
         }
     }
     for name in found.keys() {
-        if !SCENARIOS.contains(&name.as_str()) {
+        if !known(name) {
             failures.push(format!("{name}: reported but not known to this test"));
         }
     }
@@ -123,10 +129,10 @@ fn a_skip_where_a_pass_is_due_fails() {
         .iter()
         .map(|n| format!("RIG-RESULT {n} pass ok\n"))
         .collect();
-    assert!(failures(&all_pass, &[]).is_empty());
+    assert!(failures(&all_pass, &[], &[]).is_empty());
     // The script skipping a scenario the backend must run is a failure, and so is a pass
     // where the script should have said it cannot run here.
     let skipped = all_pass.replace("RIG-RESULT discovery pass", "RIG-RESULT discovery skip");
-    assert_eq!(failures(&skipped, &[]).len(), 2);
-    assert_eq!(failures(&all_pass, &["discovery"]).len(), 2);
+    assert_eq!(failures(&skipped, &[], &[]).len(), 2);
+    assert_eq!(failures(&all_pass, &[], &["discovery"]).len(), 2);
 }
