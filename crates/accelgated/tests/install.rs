@@ -1,5 +1,5 @@
 //! `make install` into a temporary DESTDIR, then systemd's own checks on the installed unit:
-//! `systemd-analyze verify` and `systemd-analyze security --offline=true` (exposure <= 2.0).
+//! `systemd-analyze verify` and `systemd-analyze security --offline=true` (exposure <= 1.5, as issue 10 asks).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The exposure figure the unit must not exceed (docs/install.md tracks it).
-const MAX_EXPOSURE: f64 = 2.0;
+const MAX_EXPOSURE: f64 = 1.5;
 
 fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
