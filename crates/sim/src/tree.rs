@@ -538,6 +538,12 @@ impl Tree {
             &[(REG_ID, vfs.id_base | i)],
         )?;
         // VFs stay without a driver, as the daemon keeps them (sriov_drivers_autoprobe = 0).
+        // Memory decoding on, as on hardware, where the PF's SR-IOV control turns it on for
+        // every VF (QEMU's igb VFs start with it off: rig/README.md).
+        write_bytes(
+            &vf_dir.join("config"),
+            &config_header(&identity, COMMAND_AT_BOOT),
+        )?;
         // The function-reset attribute (write-only in the kernel; here it reads "1" until the
         // emulator has reset the function, see `reset_vf`).
         write_file(&vf_dir.join("reset"), "")?;

@@ -325,6 +325,21 @@ impl DeviceRt {
                 pci: vf.bdf.to_string(),
                 source,
             })?;
+            if vf.driver.is_none() {
+                // A VF may come up with memory decoding off (QEMU's igb VFs do; on hardware
+                // the PF's SR-IOV control turns it on and the VF's own bit stays 0): its BAR
+                // would read 0 and drop writes, the daemon's and its tenant's alike. A function
+                // reset restores the bit with the rest of the configuration header.
+                match vf.enable_memory() {
+                    Ok(true) => tracing::info!(
+                        "{}/{id}: memory decoding of {} turned on",
+                        self.policy.id,
+                        vf.bdf
+                    ),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("{}/{id}: {}", self.policy.id, error_chain(&e)),
+                }
+            }
             let resource = vf.resource_path(vfp.bar);
             let window = SliceWindow::open(&resource, 0, bar.size)
                 .map_err(|source| window_error(&self.policy.id, &id, &vf, vfp.bar, source))?;
