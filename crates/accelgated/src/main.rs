@@ -118,10 +118,11 @@ enum ViolationArg {
     Errno,
 }
 
-/// Largest `scale:` host accepted: the simulator puts PF i on PCI bus 0x10 + i (below 0x100),
-/// and VF i at devfn 1 + i of the PF's bus (at most 0xff).
+/// Largest `scale:` host accepted: the simulator puts PF i on its own PCI bus, 240 buses
+/// (0x10..0xff) per domain, in four domains (`accelgate_sim::scale_bdf`), and its VFs on the
+/// other device numbers of that bus (at most 0xff).
 #[cfg(feature = "simulator")]
-const MAX_SCALE_DEVICES: u32 = 0xf0;
+const MAX_SCALE_DEVICES: u32 = 4 * 0xf0;
 #[cfg(feature = "simulator")]
 const MAX_SCALE_VFS: u32 = 0xff;
 

@@ -164,10 +164,9 @@ impl SimSpec {
 
     /// `devices` NIC-like PFs `nic0..` at `0000:BB:00.0` (BB = 0x10 + i), each with `vfs`
     /// VFs possible and a `nic<i>-personality` upload entry.
+    /// `devices` NICs with up to `vfs` VFs each, at [`scale_bdf`]'s addresses.
     pub fn scale(devices: u32, vfs: u32) -> Self {
-        let functions: Vec<PfSpec> = (0..devices)
-            .map(|i| nic_pf(i, format!("0000:{:02x}:00.0", 0x10 + i), vfs))
-            .collect();
+        let functions: Vec<PfSpec> = (0..devices).map(|i| nic_pf(i, scale_bdf(i), vfs)).collect();
         let fw_uploads = functions
             .iter()
             .map(|pf| FwEntrySpec {
@@ -292,4 +291,10 @@ fn nic_pf(index: u32, bdf: String, total_vfs: u32) -> PfSpec {
         }),
         driver: sim_driver(),
     }
+}
+
+/// PCI address of the scale host's PF `i`: one PF per bus from bus 0x10 (each PF's VFs take
+/// its bus's other device numbers), 240 buses per PCI domain, the next domain after that.
+pub fn scale_bdf(i: u32) -> String {
+    format!("{:04x}:{:02x}:00.0", i / 0xf0, 0x10 + i % 0xf0)
 }

@@ -27,7 +27,7 @@ fn targets(devices: u32) -> (f64, f64, &'static str, &'static str) {
 /// Longer than the daemon's heap trim period.
 const SETTLE: Duration = Duration::from_millis(2500);
 
-/// The policy of the scale host: the devices of `SimSpec::scale` (nic<i> at 0000:<0x10+i>:00.0,
+/// The policy of the scale host: the devices of `SimSpec::scale` (nic<i> at `scale_bdf(i)`,
 /// a personality loader each) with VFs up to `vfs`, and the roles of policy/simulated.toml.
 pub fn policy(devices: u32, vfs: u32) -> Fallible<String> {
     let simulated = std::fs::read_to_string(repo_path("policy/simulated.toml"))
@@ -40,10 +40,10 @@ pub fn policy(devices: u32, vfs: u32) -> Fallible<String> {
     for i in 0..devices {
         let _ = write!(
             out,
-            "\n[[device]]\nid = \"nic{i}\"\npci = \"0000:{:02x}:00.0\"\nkind = \"nic\"\n\
+            "\n[[device]]\nid = \"nic{i}\"\npci = \"{}\"\nkind = \"nic\"\n\
              personality = {{ backend = \"fw-upload\", name = \"nic{i}-personality\" }}\n\n\
              [device.vfs]\nmax = {vfs}\n",
-            0x10 + i
+            accelgate_sim::scale_bdf(i)
         );
     }
     out.push('\n');
@@ -84,7 +84,8 @@ pub async fn run(
     }
     let enable_took = enable.elapsed();
     let (objects_first, _) = calls::managed_objects(conn).await?;
-    let expected = (1 + devices + devices * vfs) as usize;
+    // The objects below the ObjectManager (it lists its children, not itself): devices, VFs.
+    let expected = (devices + devices * vfs) as usize;
     if objects_first < expected {
         return Err(format!(
             "scale host exports {objects_first} objects, expected {expected}"
