@@ -239,13 +239,14 @@ mod tests {
         assert_eq!(parse_sim_spec("rig"), Ok(SimSpec::rig()));
         assert_eq!(parse_sim_spec("scale:64x64"), Ok(SimSpec::scale(64, 64)));
         assert_eq!(parse_sim_spec("scale:1x0"), Ok(SimSpec::scale(1, 0)));
+        assert_eq!(parse_sim_spec("scale:256x64"), Ok(SimSpec::scale(256, 64)));
         for bad in [
             "",
             "scale",
             "scale:64",
             "scale:x64",
             "scale:0x4",
-            "scale:241x1",
+            "scale:961x1",
             "scale:1x256",
             "big",
         ] {

@@ -545,3 +545,16 @@ fn hotplug_removes_and_adds_functions_with_the_kernels_uevents() {
     let fpga = PciFunction::open(&root, &bdf("0000:3b:00.0")).unwrap();
     assert!(!fpga.enable_memory().unwrap());
 }
+
+#[test]
+fn scale_addresses_are_distinct_pci_addresses_across_domains() {
+    let all: Vec<String> = (0..4 * 0xf0).map(crate::scale_bdf).collect();
+    assert_eq!(all[0], "0000:10:00.0");
+    assert_eq!(all[0xef], "0000:ff:00.0");
+    assert_eq!(all[0xf0], "0001:10:00.0");
+    let distinct: std::collections::BTreeSet<&String> = all.iter().collect();
+    assert_eq!(distinct.len(), all.len());
+    for bdf in &all {
+        assert!(accelgate_hw::PciBdf::parse(bdf).is_ok(), "{bdf}");
+    }
+}

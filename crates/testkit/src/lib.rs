@@ -52,17 +52,41 @@ pub fn require_binary(name: &str, package: &str) -> PathBuf {
     panic!("{name} is required for this test but is not installed (Debian package {package})");
 }
 
-/// Creates the test groups and users once per machine, idempotently and safely when several
-/// test binaries race (an exclusive lock file serializes them).
-pub fn ensure_users() {
-    require_root();
+/// The machine-wide lock that serializes creating test users across test binaries.
+pub(crate) fn users_lock() -> nix::fcntl::Flock<fs::File> {
     let lock = fs::OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(false)
         .open("/tmp/accelgate-test-users.lock")
         .unwrap();
-    let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .unwrap_or_else(|(_, e)| panic!("locking /tmp/accelgate-test-users.lock: {e}"))
+}
+
+/// Ends a child as a service manager would: SIGTERM to `pid` (the child itself, or the process
+/// a wrapper runs for it), then, if the child has not exited after `grace`, SIGKILL; reaps it.
+pub fn terminate(child: &mut std::process::Child, pid: u32, grace: Duration) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Creates the test groups and users once per machine, idempotently and safely when several
+/// test binaries race (an exclusive lock file serializes them).
+pub fn ensure_users() {
+    require_root();
+    let _guard = users_lock();
     for g in [TENANT_GROUP, OPERATOR_GROUP, ADMIN_GROUP] {
         if nix::unistd::Group::from_name(g).unwrap().is_none() {
             run_ok(Command::new("groupadd").args(["--system", g]));
@@ -563,19 +587,7 @@ impl TestDaemon {
         if let Some(mut c) = self.child.take() {
             // Under a wrapper that forks (strace), the daemon is its child: strace passes a
             // SIGTERM on by detaching, and the daemon would run on without an owner.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(target as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            terminate(&mut c, target, Duration::from_secs(10));
         }
         self.wait_owner_precisely(false);
     }
@@ -657,19 +669,7 @@ impl Drop for TestDaemon {
     fn drop(&mut self) {
         let target = self.daemon_pid();
         if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(target as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            terminate(&mut c, target, Duration::from_secs(5));
         }
     }
 }

@@ -144,16 +144,8 @@ impl TestPolkit {
     /// Stops polkitd (SIGTERM, then SIGKILL) and waits until its name is gone.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            let pid = c.id();
+            super::terminate(&mut c, pid, Duration::from_secs(5));
         }
         self.wait_owner(false);
     }
@@ -256,13 +248,7 @@ pub const PASSWORD: &str = "accelgate-test-password";
 /// serialized with [`super::ensure_users`]'s lock.
 pub fn ensure_password_user() {
     super::ensure_users();
-    let lock = fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(false)
-        .open("/tmp/accelgate-test-users.lock")
-        .unwrap();
-    let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    let _guard = super::users_lock();
     if nix::unistd::User::from_name(PASSWORD_USER)
         .unwrap()
         .is_none()
