@@ -47,6 +47,26 @@ ctl() {
   u=$1; shift
   out=$(timeout 60 su -s /bin/sh "$u" -c "$CTL $*" 2>&1)
   rc=$?
+  [ $rc -eq 124 ] && hang_report "accelctl $*"
+  return $rc
+}
+# hang_report WHAT: a call timed out; print where each of the daemon's threads is (state,
+# syscall, kernel stack) and the log's tail, so a hang is diagnosable from the console alone.
+hang_report() {
+  echo "RIG-HANG $1 timed out after 60 s; daemon $PID threads:"
+  for t in /proc/"$PID"/task/*; do
+    [ -d "$t" ] || continue
+    echo "RIG-HANG  ${t##*/} $(cat "$t/comm" 2>/dev/null) state=$(cut -d' ' -f3 "$t/stat" 2>/dev/null)" \
+      "wchan=$(cat "$t/wchan" 2>/dev/null) syscall=$(cat "$t/syscall" 2>/dev/null | cut -d' ' -f1-3)"
+    sed 's/^/RIG-HANG     /' "$t/stack" 2>/dev/null | head -12
+  done
+  # Is it the bus or the daemon? The bus daemon answers for itself; Peer.Ping is answered by
+  # the daemon's connection without reaching the engine.
+  echo "RIG-HANG bus: $(timeout 5 $BUSCTL call org.freedesktop.DBus /org/freedesktop/DBus \
+    org.freedesktop.DBus GetId 2>&1 | head -1)"
+  echo "RIG-HANG daemon ping: $(timeout 5 $BUSCTL call org.accelgate.Accel1 /org/accelgate/Accel1 \
+    org.freedesktop.DBus.Peer Ping 2>&1 | head -1) rc=$?"
+  tail -n 20 "$LOG" 2>/dev/null | sed 's/^/RIG-HANG log: /'
 }
 # What the test_firmware driver holds for an upload entry: the kernel's driver answers through
 # upload_read; the simulated one keeps the bytes in a file of its own.
