@@ -74,6 +74,27 @@ fn release_binaries() -> (PathBuf, PathBuf) {
     (release.join("accelgated"), release.join("accelctl"))
 }
 
+/// Holds an exclusive lock on `<out>.lock` until dropped, waiting (and saying so) while
+/// another run holds it.
+fn lock_rig_dir(out: &Path) -> nix::fcntl::Flock<std::fs::File> {
+    use nix::fcntl::{Flock, FlockArg};
+    let path = out.with_extension("lock");
+    let file = std::fs::File::create(&path)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((file, _)) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "kernel rig: another run holds {}; waiting for it",
+                path.display()
+            );
+            Flock::lock(file, FlockArg::LockExclusive)
+                .unwrap_or_else(|(_, e)| panic!("cannot lock {}: {e}", path.display()))
+        }
+    }
+}
+
 /// One boot of the rig, and where its power cut landed if it had one.
 struct Boot {
     console: String,
@@ -153,6 +174,9 @@ fn scenarios_pass_on_the_real_kernel() {
     );
     let bins = release_binaries();
     let out = target_dir().join("kernel-rig");
+    // Two runs on one target directory would boot two guests on one flash file, one state
+    // directory and one QMP socket, each corrupting what the other checks: the second waits.
+    let _exclusive = lock_rig_dir(&out);
     // A fresh flash file and state each run: the scenarios expect factory-blank MTDs.
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).expect("cannot create the rig's output directory");
