@@ -346,9 +346,18 @@ impl TestBus {
 }
 
 impl Drop for TestBus {
+    /// Stops the bus and removes the test's directory, unless the test is failing: then the
+    /// directory (logs, state, the simulated host) stays for a post-mortem.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let ours = self
+            .dir
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("accelgate-test-"));
+        if ours && !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
