@@ -93,6 +93,14 @@ pub struct Engine {
     busy_locks: super::busy::BusyLocks,
     /// Image bytes held for callers, in total and per caller.
     image_budget: super::budget::ImageBudget,
+    /// What each device's firmware properties show. Reading it means opening the backend and
+    /// the flash records (MTD reads, files in the state directory), which must not happen on
+    /// the runtime's threads inside a property getter: it is read on a blocking thread when
+    /// it may have changed (start-up, a flash's start and end, a reload, a device's return)
+    /// and the getters read this copy.
+    firmware: Mutex<BTreeMap<String, FirmwareInfo>>,
+    /// One firmware read at a time, so the copy kept is from the read that began last.
+    firmware_reads: tokio::sync::Mutex<()>,
 }
 
 impl Engine {
@@ -122,10 +130,13 @@ impl Engine {
             gates: parts.gates,
             busy_locks: Default::default(),
             image_budget: super::budget::ImageBudget::new(largest_image),
+            firmware: Mutex::default(),
+            firmware_reads: Default::default(),
         });
         engine.restore_vf_counts().await;
         engine.recover_in_flux().await;
         engine.recover_firmware().await;
+        engine.refresh_all_firmware().await;
         engine
     }
 
@@ -1010,6 +1021,7 @@ impl Engine {
         let uid = auth.caller().uid;
         self.spawn_job(&auth, busy, already, move |job| async move {
             let result = daemon.run_flash_job(&d, &fw, image, uid, &job).await;
+            daemon.refresh_firmware(&d).await;
             daemon.device_changed(&d);
             result
         })
@@ -1049,6 +1061,7 @@ impl Engine {
             if !announced {
                 // The in-progress record is written before the first progress report, so
                 // FirmwareState now reads "flashing".
+                self.refresh_firmware(d).await;
                 self.device_changed(d);
                 announced = true;
             }
@@ -1065,33 +1078,58 @@ impl Engine {
     }
 
     /// What the Device firmware properties show; all empty for a device without firmware.
+    /// From memory (see [`Engine::refresh_firmware`]): no I/O.
     pub fn firmware_info(&self, d: &str) -> FirmwareInfo {
-        let Some(fw) = self
+        self.firmware
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(d)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Reads a device's firmware state (its backend, the flash records) on a blocking thread
+    /// and keeps it for the properties; callers announce the change.
+    async fn refresh_firmware(&self, d: &str) {
+        let _one_at_a_time = self.firmware_reads.lock().await;
+        let fw = self
             .device(d)
             .ok()
-            .and_then(|dev| dev.policy.firmware.clone())
-        else {
-            return FirmwareInfo::default();
+            .and_then(|dev| dev.policy.firmware.clone());
+        let info = match fw {
+            Some(fw) => {
+                let (hw, records) = (self.hw.clone(), self.firmware_records());
+                let id = d.to_owned();
+                match tokio::task::spawn_blocking(move || {
+                    read_firmware_info(&hw, &fw, &records, &id)
+                })
+                .await
+                {
+                    Ok(info) => Some(info),
+                    Err(e) => Some(FirmwareInfo {
+                        state: format!("error: {e}"),
+                        ..FirmwareInfo::default()
+                    }),
+                }
+            }
+            None => None,
         };
-        let records = self.firmware_records();
-        let last_result = records
-            .last_result(d)
-            .map(|r| r.to_string())
-            .unwrap_or_default();
-        let flashing = records.in_progress(d).is_some();
-        match open_backend(&self.hw, &fw).and_then(|b| b.status()) {
-            Ok(st) => FirmwareInfo {
-                version: st.active_version(),
-                active_slot: st.active.as_str().to_owned(),
-                state: if flashing { "flashing" } else { "idle" }.to_owned(),
-                last_result,
-            },
-            Err(e) => FirmwareInfo {
-                version: String::new(),
-                active_slot: String::new(),
-                state: format!("error: {e}"),
-                last_result,
-            },
+        let mut kept = self.firmware.lock().unwrap_or_else(|p| p.into_inner());
+        match info {
+            Some(info) => kept.insert(d.to_owned(), info),
+            None => kept.remove(d),
+        };
+    }
+
+    /// [`Engine::refresh_firmware`] for every device served, forgetting those no longer served.
+    async fn refresh_all_firmware(&self) {
+        let served = self.devices();
+        self.firmware
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|d, _| served.contains_key(d));
+        for d in served.keys() {
+            self.refresh_firmware(d).await;
         }
     }
 
@@ -1210,6 +1248,8 @@ impl Engine {
             .retain(|d| !merged.contains_key(d));
         *self.devices.write().unwrap_or_else(|p| p.into_inner()) = merged;
         tracing::info!("policy reloaded, revision {revision}");
+        // A device's firmware entry may be new or point elsewhere now.
+        self.refresh_all_firmware().await;
         self.emit(Event::PolicyReloaded { revision });
         Ok(())
     }
@@ -1340,6 +1380,7 @@ impl Engine {
         tracing::info!(
             "{id}: PCI function {bdf} was added; serving it (opened at attempt {attempts})"
         );
+        self.refresh_firmware(&id).await;
         self.emit(Event::DevicePresence {
             device: id.clone(),
             present: true,
@@ -1503,4 +1544,33 @@ fn open_devices(hw: &HwRoot, policy: &RolePolicy) -> BTreeMap<String, Arc<Device
 /// A slice whose function was removed while a request held it: NotFound, saying why.
 fn gone(e: super::devices::DeviceError) -> CoreError {
     CoreError::NotFound(e.to_string())
+}
+
+/// A device's firmware state as its backend and the flash records say now. Blocking (MTD
+/// reads, files in the state directory).
+fn read_firmware_info(
+    hw: &HwRoot,
+    fw: &FirmwarePolicy,
+    records: &FirmwareRecords,
+    d: &str,
+) -> FirmwareInfo {
+    let last_result = records
+        .last_result(d)
+        .map(|r| r.to_string())
+        .unwrap_or_default();
+    let flashing = records.in_progress(d).is_some();
+    match open_backend(hw, fw).and_then(|b| b.status()) {
+        Ok(st) => FirmwareInfo {
+            version: st.active_version(),
+            active_slot: st.active.as_str().to_owned(),
+            state: if flashing { "flashing" } else { "idle" }.to_owned(),
+            last_result,
+        },
+        Err(e) => FirmwareInfo {
+            version: String::new(),
+            active_slot: String::new(),
+            state: format!("error: {e}"),
+            last_result,
+        },
+    }
 }

@@ -554,3 +554,32 @@ async fn assign_is_persisted_by_the_writer_and_a_failed_write_changes_nothing() 
     let on_disk = std::fs::read_to_string(&state_file).unwrap();
     assert!(!on_disk.contains("fpga0/region0"), "{on_disk}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firmware_properties_come_from_memory_and_are_read_again_when_they_may_change() {
+    let r = rig("fw-kept").await;
+    let before = r.engine.firmware_info("fpga0");
+    assert_eq!(
+        (before.version.as_str(), before.state.as_str()),
+        ("1.0.0-factory", "idle")
+    );
+    // The device's slot attribute turns unreadable behind the daemon's back. A property getter
+    // runs on the runtime's threads, so it answers from memory and touches no device...
+    let active =
+        r.hw.fw_upload_dir("fpga0-flash")
+            .join("device/fw_slots/active_slot");
+    let good = std::fs::read_to_string(&active).unwrap();
+    std::fs::write(&active, "neither\n").unwrap();
+    assert_eq!(r.engine.firmware_info("fpga0"), before);
+    // ...until something that may change it happens: a reload reads every device again.
+    let path = r.dir.0.join("policy.toml");
+    std::fs::write(&path, policy_text().replace("max = 8", "max = 4")).unwrap();
+    r.engine.reload_policy_files().await.unwrap();
+    let after = r.engine.firmware_info("fpga0");
+    assert!(after.state.starts_with("error"), "{after:?}");
+    std::fs::write(&active, good).unwrap();
+    r.engine.reload_policy_files().await.unwrap();
+    std::fs::write(&path, policy_text()).unwrap();
+    r.engine.reload_policy_files().await.unwrap();
+    assert_eq!(r.engine.firmware_info("fpga0"), before);
+}

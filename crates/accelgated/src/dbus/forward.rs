@@ -57,7 +57,11 @@ impl Forwarder {
         export_all(&ctx).await;
         while let Some(item) = self.items.recv().await {
             match item {
-                Item::Event(event) => forward(&ctx, event).await,
+                Item::Event(event) => {
+                    // At debug level, the last of these names the event a stall is stuck on.
+                    tracing::debug!(?event, "forwarding");
+                    forward(&ctx, event).await;
+                }
                 Item::Settle(done) => {
                     let _ = done.send(());
                 }
