@@ -47,7 +47,8 @@ ctl() {
   u=$1; shift
   out=$(timeout 60 su -s /bin/sh "$u" -c "$CTL $*" 2>&1)
   rc=$?
-  [ $rc -eq 124 ] && hang_report "accelctl $*"
+  # Timed out: coreutils' timeout says 124, busybox's (the guest's) the signal's 143.
+  case $rc in 124 | 143) hang_report "accelctl $*" ;; esac
   return $rc
 }
 # hang_report WHAT: a call timed out; print where each of the daemon's threads is (state,
@@ -60,6 +61,7 @@ hang_report() {
       "wchan=$(cat "$t/wchan" 2>/dev/null) syscall=$(cat "$t/syscall" 2>/dev/null | cut -d' ' -f1-3)"
     sed 's/^/RIG-HANG     /' "$t/stack" 2>/dev/null | head -12
   done
+  for f in /proc/"$PID"/fd/*; do echo "RIG-HANG  fd ${f##*/} -> $(readlink "$f")"; done
   # Is it the bus or the daemon? The bus daemon answers for itself; Peer.Ping is answered by
   # the daemon's connection without reaching the engine.
   echo "RIG-HANG bus: $(timeout 5 $BUSCTL call org.freedesktop.DBus /org/freedesktop/DBus \

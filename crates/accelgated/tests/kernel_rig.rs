@@ -1,4 +1,4 @@
-//! The real-kernel rig: the release `accelgated` and `accelctl` inside Debian's stock 6.12
+//! The real-kernel rig: the `accelgated` and `accelctl` under test inside Debian's stock 6.12
 //! kernel under QEMU (TCG), with emulated PCI devices (edu, nvme with SR-IOV, igb), MTDs
 //! (mtdram, phram over an ivshmem host file) and test_firmware upload entries. One boot runs
 //! every scenario (rig/guest/scenarios.sh); the guest reports `RIG-RESULT name pass|fail|skip
@@ -49,29 +49,14 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| repo().join("target"))
 }
 
-/// Builds the release binaries (a no-op when they are up to date) and returns their paths.
-fn release_binaries() -> (PathBuf, PathBuf) {
-    let target = target_dir();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "accelgated",
-            "-p",
-            "accelctl",
-            "--bins",
-            "--quiet",
-        ])
-        .arg("--target-dir")
-        .arg(&target)
-        .current_dir(repo())
-        .status()
-        .expect("cannot run cargo to build the release binaries");
-    assert!(status.success(), "cargo build --release --bins failed");
-    let release = target.join("release");
-    (release.join("accelgated"), release.join("accelctl"))
+/// The binaries under test, as `cargo build --bins` built them for this test's profile (the
+/// scripts/test run builds them first; the rig strips their debug information). One build
+/// serves every test: a release build of its own would cost a CI run minutes of compiling.
+fn binaries() -> (PathBuf, PathBuf) {
+    (
+        accelgate_testkit::bin("accelgated"),
+        accelgate_testkit::bin("accelctl"),
+    )
 }
 
 /// Holds an exclusive lock on `<out>.lock` until dropped, waiting (and saying so) while
@@ -172,7 +157,7 @@ fn scenarios_pass_on_the_real_kernel() {
         nix::unistd::geteuid().is_root(),
         "the kernel rig must run as root (it caches the kernel under /var/cache/accelgate-rig)"
     );
-    let bins = release_binaries();
+    let bins = binaries();
     let out = target_dir().join("kernel-rig");
     // Two runs on one target directory would boot two guests on one flash file, one state
     // directory and one QMP socket, each corrupting what the other checks: the second waits.
