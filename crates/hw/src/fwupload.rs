@@ -10,9 +10,13 @@ use super::{read_attr, write_attr, HwRoot};
 
 /// How often the status is polled.
 const POLL_INTERVAL: Duration = Duration::from_millis(3);
-/// How long after `loading`=0 an idle status may still mean "not started yet" (the simulator
-/// reacts to the write a moment later; the kernel leaves idle before the write returns).
+/// How long after `loading`=0 an idle status may still mean "not started yet". The kernel
+/// leaves idle before the write returns, so on a real root an idle status there means an
+/// upload already over; the simulator reacts to the write a moment later, through inotify,
+/// and on a loaded machine that moment passed 300 ms (the upload was then taken as over
+/// before it began), so a simulated root gets seconds.
 const START_WINDOW: Duration = Duration::from_millis(300);
+const SIMULATED_START_WINDOW: Duration = Duration::from_secs(10);
 /// Size of each write(2) to `data`.
 const CHUNK: usize = 1 << 20;
 
@@ -43,6 +47,7 @@ pub enum FwUploadError {
 pub struct FwUpload {
     name: String,
     dir: PathBuf,
+    start_window: Duration,
 }
 
 impl FwUpload {
@@ -66,6 +71,11 @@ impl FwUpload {
         Ok(FwUpload {
             name: name.to_string(),
             dir,
+            start_window: if root.is_simulated() {
+                SIMULATED_START_WINDOW
+            } else {
+                START_WINDOW
+            },
         })
     }
 
@@ -131,7 +141,7 @@ impl FwUpload {
         // The kernel leaves idle inside the write above; a file-backed simulation does so a
         // moment later. Idle before it was seen to leave means finished only once the start
         // window is over.
-        let start_window = Instant::now() + START_WINDOW;
+        let start_window = Instant::now() + self.start_window;
         let mut started = false;
 
         let total = image.len() as f64;

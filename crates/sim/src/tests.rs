@@ -42,7 +42,7 @@ fn bdf(text: &str) -> PciBdf {
 fn standard(tag: &str) -> (TempDir, HwRoot) {
     let dir = TempDir::new(tag);
     build(&dir.0, &SimSpec::standard()).unwrap();
-    let root = HwRoot::new(&dir.0);
+    let root = HwRoot::simulated(&dir.0);
     (dir, root)
 }
 
@@ -415,7 +415,7 @@ fn scale_tree_builds_fast() {
             "rebuild took {reused:?}"
         );
     }
-    let root = HwRoot::new(&dir.0);
+    let root = HwRoot::simulated(&dir.0);
     let last = PciFunction::open(&root, &bdf("0000:4f:00.0")).unwrap();
     let sriov = Sriov::new(&last).unwrap();
     assert_eq!(sriov.total_vfs().unwrap(), 64);

@@ -96,7 +96,7 @@ async fn rig(tag: &str) -> Rig {
     let policy = RolePolicy::parse_str_with(&policy_text(), "policy.toml", &accounts()).unwrap();
     let gate = Arc::new(FakeGate::default());
     let events = Arc::new(RecordedEvents::default());
-    let hw = HwRoot::new(&sim);
+    let hw = HwRoot::simulated(&sim);
     let engine = Engine::new(EngineParts {
         hw: hw.clone(),
         policy_path,

@@ -11,7 +11,7 @@ use accelgate_testkit::TempDir;
 fn standard(tag: &str) -> (TempDir, HwRoot) {
     let dir = TempDir::new(tag);
     accelgate_sim::build(&dir.0, &accelgate_sim::SimSpec::standard()).unwrap();
-    let root = HwRoot::new(&dir.0);
+    let root = HwRoot::simulated(&dir.0);
     (dir, root)
 }
 
