@@ -192,7 +192,7 @@ fn bind(
 /// The revocation is in force when a new mmap of the claimed BAR fails the way the kernel
 /// refuses a range a driver owns: `EINVAL` (`iomem_is_exclusive`, CONFIG_IO_STRICT_DEVMEM).
 /// A simulated host cannot make a file refuse mmap with EINVAL; its claimed `resourceN` is a
-/// FIFO, which refuses with `ENODEV`, accepted only on a simulated root.
+/// link to `/dev/null`, which refuses with `ENODEV`, accepted only on a simulated root.
 fn check_in_force(
     root: &HwRoot,
     function_dir: &Path,

@@ -514,7 +514,7 @@ impl Tree {
         }
         let bar = dir.join("resource0");
         if !is_regular_file(&bar) {
-            // Claimed by a driver (a FIFO stands in for it): the driver resets its function.
+            // Claimed by a driver (/dev/null stands in for it): the driver resets its function.
             return write_atomic(&reset, "");
         }
         {
@@ -626,7 +626,8 @@ impl Tree {
 /// before they go, so an access through an old mapping faults the same way.
 fn revoke_bar_mappings(vf_dir: &Path) -> Result<(), SimError> {
     for path in bar_files(vf_dir) {
-        // A claimed BAR is a FIFO (see `claim_bars`); its old mappings are already revoked.
+        // A claimed BAR is a link to /dev/null (see `claim_bars`); its old mappings are
+        // already revoked.
         if is_regular_file(&path) {
             std::fs::OpenOptions::new()
                 .write(true)
@@ -674,26 +675,30 @@ fn claimed_copy(bar: &Path) -> PathBuf {
 /// with SIGBUS, for good; and while the driver holds them a new mmap fails (the kernel's
 /// EINVAL under CONFIG_IO_STRICT_DEVMEM). Here: the registers are copied aside, the old file
 /// is truncated (its mappings fault from now on, also after the unbind, which brings a new
-/// file) and replaced by a FIFO, which opens but refuses mmap (ENODEV; a regular file always
-/// maps).
+/// file) and replaced by a link to `/dev/null`, which opens but refuses mmap (ENODEV; a
+/// regular file always maps). Only syscalls the daemon's seccomp allow-list has (the
+/// emulator runs inside `accelgated --simulate`): no mknod for a FIFO, no fchmod of a copy.
 fn claim_bars(dir: &Path) -> Result<(), SimError> {
     for bar in bar_files(dir) {
         if !is_regular_file(&bar) {
             continue;
         }
         let copy = claimed_copy(&bar);
-        std::fs::copy(&bar, &copy).map_err(SimError::io(&copy))?;
+        let registers = std::fs::read(&bar).map_err(SimError::io(&bar))?;
+        std::fs::write(&copy, registers).map_err(SimError::io(&copy))?;
         std::fs::OpenOptions::new()
             .write(true)
             .open(&bar)
             .and_then(|f| f.set_len(0))
             .map_err(SimError::io(&bar))?;
         std::fs::remove_file(&bar).map_err(SimError::io(&bar))?;
-        nix::unistd::mkfifo(&bar, nix::sys::stat::Mode::from_bits_truncate(0o600))
-            .map_err(|e| SimError::io(&bar)(e.into()))?;
+        std::os::unix::fs::symlink(UNMAPPABLE, &bar).map_err(SimError::io(&bar))?;
     }
     Ok(())
 }
+
+/// What a claimed `resourceN` is while its driver holds it: a device with no mmap.
+const UNMAPPABLE: &str = "/dev/null";
 
 /// The driver lets go of the BARs: each `resourceN` is a regular file again, a new one (new
 /// inode) holding the registers as the driver left them, so new mappings work and old ones
