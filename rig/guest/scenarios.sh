@@ -348,13 +348,16 @@ ctl ag-tenant1 program edu0/region0 $IMG/inject-hw-error.bin
 check program-hw-error "injected transferring:hw-error is reported"
 
 ok=
+# Jobs that ended are still listed for a while: the new one is the one not listed before.
+before=$($BUSCTL --timeout=2 --list tree org.accelgate.Accel1 2>/dev/null | grep '/jobs/')
 su -s /bin/sh ag-tenant1 -c "$CTL program edu0/region0 $IMG/inject-user-abort.bin" \
   >$WORK/cancel.out 2>&1 &
 cpid=$!
 job=
 i=0
 while [ -z "$job" ] && [ $i -lt 100 ]; do
-  job=$($BUSCTL --timeout=2 --list tree org.accelgate.Accel1 2>/dev/null | grep '/jobs/' | tail -n1)
+  job=$($BUSCTL --timeout=2 --list tree org.accelgate.Accel1 2>/dev/null | grep '/jobs/' |
+    grep -vxF "$before" | tail -n1)
   [ -n "$job" ] || { sleep 0.1; i=$((i + 1)); }
 done
 # Wait until the driver sits in "preparing" (it waits there for the cancel).

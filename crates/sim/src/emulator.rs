@@ -257,12 +257,15 @@ fn watch_loop(
                 continue;
             };
             let result = match (target, name.to_str()) {
-                (Watched::PciBus, Some("drivers_probe")) => {
-                    let result = shared.tree.probe();
-                    // A driver bound for the first time has a new directory to watch.
-                    watch_drivers(&shared.tree, inotify, &mut watched, &mut drivers);
-                    result
-                }
+                (Watched::PciBus, Some("drivers_probe")) => match shared.tree.probe_target() {
+                    // A driver bound for the first time has a new directory: watched before the
+                    // bind, since the daemon may unbind as soon as it sees the driver link.
+                    Some((bdf, driver)) => shared.tree.ensure_driver(&driver).and_then(|()| {
+                        watch_drivers(&shared.tree, inotify, &mut watched, &mut drivers);
+                        shared.tree.bind(&bdf, &driver)
+                    }),
+                    None => Ok(()),
+                },
                 (Watched::Driver(index), Some("unbind")) => match drivers.get(index) {
                     Some(driver) => shared.tree.unbind(driver),
                     None => Ok(()),

@@ -255,12 +255,7 @@ impl Tree {
     /// `unbind` attribute). A driver of the spec's `bar_claiming_drivers` claims the function's
     /// BARs as it binds: see [`claim_bars`].
     pub fn bind(&self, bdf: &str, driver: &str) -> Result<(), SimError> {
-        if driver.is_empty() || driver.starts_with('.') || driver.contains('/') {
-            return Err(SimError::InvalidSpec(format!("driver name {driver:?}")));
-        }
-        let driver_dir = self.driver_dir(driver);
-        mkdir_all(&driver_dir)?;
-        create_if_missing(&driver_dir.join("unbind"), "")?;
+        self.ensure_driver(driver)?;
         let dir = self.function_dir(bdf);
         if self.claims_bars(driver) {
             claim_bars(&dir)?;
@@ -317,33 +312,35 @@ impl Tree {
 
     /// The kernel's `drivers_probe`: a function without a driver whose `driver_override` names
     /// one gets it (only that driver may bind then). Unknown or bound functions are left alone.
-    pub fn probe(&self) -> Result<(), SimError> {
-        let probe = self.sys().join("bus/pci/drivers_probe");
-        let Some(bdf) = read_attr(&probe) else {
-            return Ok(());
-        };
+    /// Returns the function and driver to bind ([`Tree::bind`]), so that the emulator can
+    /// watch the driver's `unbind` before the driver link tells anyone it is bound.
+    pub fn probe_target(&self) -> Option<(String, String)> {
+        let bdf = read_attr(&self.sys().join("bus/pci/drivers_probe"))?;
         let bdf = bdf.trim();
         // A PF of the spec or one of the VFs that exist now.
-        if PciBdf::parse(bdf).is_err()
-            || self
-                .sys()
-                .join("bus/pci/devices")
-                .join(bdf)
-                .symlink_metadata()
-                .is_err()
-        {
-            return Ok(());
-        }
+        PciBdf::parse(bdf).ok()?;
+        self.sys()
+            .join("bus/pci/devices")
+            .join(bdf)
+            .symlink_metadata()
+            .ok()?;
         let dir = self.function_dir(bdf);
         if dir.join("driver").symlink_metadata().is_ok() {
-            return Ok(());
+            return None;
         }
-        match read_attr(&dir.join("driver_override")) {
-            Some(driver) if !driver.trim().is_empty() && driver != "(null)" => {
-                self.bind(bdf, driver.trim())
-            }
-            _ => Ok(()),
+        let driver = read_attr(&dir.join("driver_override"))?;
+        let driver = driver.trim();
+        (!driver.is_empty() && driver != "(null)").then(|| (bdf.to_owned(), driver.to_owned()))
+    }
+
+    /// Makes a driver's directory and its `unbind` attribute.
+    pub fn ensure_driver(&self, driver: &str) -> Result<(), SimError> {
+        if driver.is_empty() || driver.starts_with('.') || driver.contains('/') {
+            return Err(SimError::InvalidSpec(format!("driver name {driver:?}")));
         }
+        let driver_dir = self.driver_dir(driver);
+        mkdir_all(&driver_dir)?;
+        create_if_missing(&driver_dir.join("unbind"), "")
     }
 
     /// Where the simulated `test_firmware` driver keeps what each entry received.
