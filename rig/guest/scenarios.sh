@@ -204,6 +204,9 @@ check vf-igb "igb0: VFs at offset 128 stride 2, no VF driver bound, Map works"
 # 20 ms); the VFs go 2 -> 0 -> 2, vf1 goes to ag-tenant2, who clears the register (the VF
 # mailbox memory VMBMEM, 0x800, holds what is written) and reads it back; then, the holder
 # gone, ag-tenant2 clears it again and must read 0 (its own writes land).
+# With igb0's revoke_driver the daemon keeps vf1's "mapped" mark across the re-creation (it
+# knows removal revokes nothing), so the admin measures the fact before the Release that
+# revokes the holder's mapping; vf1 then goes to ag-tenant2.
 if only_on kernel vf-map-after-removal "it measures what the kernel does to a removed VF's mappings; a simulated BAR is a file, and a mapping of a file outlives its unlinking"; then
   ok=
   REG=0x800 VAL=0x12345600
@@ -239,21 +242,84 @@ if only_on kernel vf-map-after-removal "it measures what the kernel does to a re
   fi
   ctl ag-operator vfs igb0 2 || ok="$ok vfs 2 again: $out;"
   enable_vf1
-  ctl root release igb0/vf1 >/dev/null 2>&1
-  ctl root assign igb0/vf1 ag-tenant2 || ok="$ok assign to tenant2: $out;"
-  ctl ag-tenant2 write igb0/vf1 $REG 0 || ok="$ok tenant2 write: $out;"
+  # The recreated vf1 is free (its assignment went with the old one) but still marked as
+  # mapped, since igb0 has a revoke_driver: the admin writes 0 and reads back the holder's
+  # value, which is the kernel fact this scenario measures.
+  ctl root write igb0/vf1 $REG 0 || ok="$ok admin write: $out;"
   sleep 0.3
-  ctl ag-tenant2 read igb0/vf1 $REG
-  echo "$out" | grep -qi $VAL || ok="$ok the old mapping does not reach the new VF: tenant2 reads $out;"
-  kill $hpid 2>/dev/null
+  ctl root read igb0/vf1 $REG
+  echo "$out" | grep -qi $VAL || ok="$ok the old mapping does not reach the new VF: the admin reads $out;"
+  # Release of the marked VF revokes the mapping through igbvf (vf-revoke-by-driver).
+  ctl root release igb0/vf1 || ok="$ok release (revocation): $out;"
+  i=0
+  while kill -0 $hpid 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+  if kill -0 $hpid 2>/dev/null; then
+    ok="$ok the holder survived the revocation;"
+    kill $hpid 2>/dev/null
+  fi
   wait $hpid 2>/dev/null
+  hrc=$?
+  [ $hrc -eq 135 ] || ok="$ok the holder ended with status $hrc, not 135 (SIGBUS);"
+  ctl root assign igb0/vf1 ag-tenant2 || ok="$ok assign to tenant2: $out;"
   ctl ag-tenant2 write igb0/vf1 $REG 0 || ok="$ok tenant2 write after the holder: $out;"
+  sleep 0.3
   ctl ag-tenant2 read igb0/vf1 $REG
   echo "$out" | grep -qi 0x00000000 || ok="$ok tenant2's own write does not land: $out;"
   ctl root release igb0/vf1 >/dev/null 2>&1
   ctl ag-operator vfs igb0 0 --force || ok="$ok vfs 0 at the end: $out;"
-  check vf-map-after-removal "VFs 2 -> 0 -> 2 under ag-tenant1's live mapping of vf1: the holder $holder, and its stores reach the recreated vf1 of ag-tenant2 (which reads $VAL after writing 0; 0 once the holder is gone)"
+  check vf-map-after-removal "VFs 2 -> 0 -> 2 under ag-tenant1's live mapping of vf1: the holder $holder, and its stores reach the recreated vf1 (the admin reads $VAL after writing 0); the Release of the still-marked vf1 then revoked it (SIGBUS) and ag-tenant2's own write lands"
 fi
+
+# --- revocation by the VF's driver (igb0: revoke_driver = "igbvf") --------------------
+# ag-tenant1 stores through its mapping of igb0/vf1 every 20 ms; the operator releases vf1.
+# The daemon binds igbvf to the VF (the kernel's revoke_iomem zaps every user mapping of the
+# BAR; the simulator truncates the old resource0), checks that a new mmap fails, unbinds,
+# resets the function and maps its own window again. The holder must die of SIGBUS (su's
+# status 135), vf1 must go to ag-tenant2 at once (no VF re-creation), whose own write must
+# stay; no driver may be left bound and the daemon must live.
+ok=
+REG=0x800 VAL=0x12345611
+ctl ag-operator vfs igb0 2 || ok="vfs 2: $out;"
+vf1=$(vf_bdf $IGB 1)
+if [ "$RIG_BACKEND" = kernel ]; then
+  # As in vf-map-after-removal: the kernel's `enable` turns memory decoding on.
+  echo 1 >"$SYS/bus/pci/devices/$vf1/enable" || ok="$ok enable $vf1;"
+fi
+ctl root assign igb0/vf1 ag-tenant1 || ok="$ok assign: $out;"
+su -s /bin/sh ag-tenant1 -c "$CTL map-test igb0/vf1 --write $VAL --offset $REG --hold" \
+  >$WORK/revoke-hold.out 2>&1 &
+hpid=$!
+i=0
+until ctl ag-tenant1 read igb0/vf1 $REG && echo "$out" | grep -qi $VAL || [ $i -ge 50 ]; do
+  sleep 0.1; i=$((i + 1))
+done
+echo "$out" | grep -qi $VAL || ok="$ok the holder's stores do not land: $out $(cat $WORK/revoke-hold.out);"
+t0=$(cut -d' ' -f1 /proc/uptime)
+ctl ag-operator release igb0/vf1 || ok="$ok release: $out;"
+t1=$(cut -d' ' -f1 /proc/uptime)
+i=0
+while kill -0 $hpid 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+if kill -0 $hpid 2>/dev/null; then
+  ok="$ok the holder still runs 5 s after the Release;"
+  kill $hpid 2>/dev/null
+fi
+wait $hpid 2>/dev/null
+hrc=$?
+[ $hrc -eq 135 ] || ok="$ok the holder ended with status $hrc, not 135 (SIGBUS): $(tr '\n' ' ' <$WORK/revoke-hold.out | cut -c1-200);"
+drv=$(readlink "$SYS/bus/pci/devices/$vf1/driver")
+[ -z "$drv" ] || ok="$ok $vf1 is left bound to ${drv##*/};"
+ctl ag-operator assign igb0/vf1 ag-tenant2 || ok="$ok assign to tenant2 at once: $out;"
+ctl ag-tenant2 read igb0/vf1 $REG
+first=$out
+ctl ag-tenant2 write igb0/vf1 $REG 0x00c0ffee || ok="$ok tenant2 write: $out;"
+sleep 0.3
+ctl ag-tenant2 read igb0/vf1 $REG
+echo "$out" | grep -qi 0x00c0ffee || ok="$ok tenant2's own write does not stay: $out;"
+ctl ag-tenant2 map-test igb0/vf1 || ok="$ok tenant2 map: $out;"
+kill -0 "$PID" 2>/dev/null || ok="$ok daemon $PID gone after the hand-over;"
+ctl root release igb0/vf1 || ok="$ok release tenant2: $out;"
+ctl ag-operator vfs igb0 0 --force || ok="$ok vfs 0 at the end: $out;"
+check vf-revoke-by-driver "Release of ag-tenant1's mapped vf1 ($t0 -> $t1 s) revoked its mapping through igbvf (holder status $hrc, SIGBUS); vf1 went to ag-tenant2 at once (first read: $(echo $first | tr '\n' ' ' | cut -c1-60)), whose write stays; no driver left bound"
 
 # --- Program through the firmware-upload class (test_firmware) --------------------------
 ok=
@@ -284,13 +350,16 @@ ctl ag-tenant1 program edu0/region0 $IMG/inject-hw-error.bin
 check program-hw-error "injected transferring:hw-error is reported"
 
 ok=
+# Jobs that ended are still listed for a while: the new one is the one not listed before.
+before=$($BUSCTL --timeout=2 --list tree org.accelgate.Accel1 2>/dev/null | grep '/jobs/')
 su -s /bin/sh ag-tenant1 -c "$CTL program edu0/region0 $IMG/inject-user-abort.bin" \
   >$WORK/cancel.out 2>&1 &
 cpid=$!
 job=
 i=0
 while [ -z "$job" ] && [ $i -lt 100 ]; do
-  job=$($BUSCTL --timeout=2 --list tree org.accelgate.Accel1 2>/dev/null | grep '/jobs/' | tail -n1)
+  job=$($BUSCTL --timeout=2 --list tree org.accelgate.Accel1 2>/dev/null | grep '/jobs/' |
+    grep -vxF "$before" | tail -n1)
   [ -n "$job" ] || { sleep 0.1; i=$((i + 1)); }
 done
 # Wait until the driver sits in "preparing" (it waits there for the cancel).

@@ -5,6 +5,7 @@
 use std::fs;
 use std::time::{Duration, Instant};
 
+use accelgate_sim::{SIM_DRIVER, SIM_VF_DRIVER};
 use accelgate_testkit::*;
 
 const FPGA_BDF: &str = "0000:3b:00.0";
@@ -877,6 +878,185 @@ fn a_mapping_does_not_outlive_its_assignment() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    let _ = holder.kill();
+    let _ = holder.wait();
+}
+
+/// The policy of the revocation tests: nic0's VFs name `driver` as their revoke driver.
+fn with_revoke_driver(driver: &str) -> impl FnOnce(String) -> String + '_ {
+    move |p: String| {
+        let edited = p.replace(
+            "[device.vfs]\nmax = 8",
+            &format!("[device.vfs]\nmax = 8\nrevoke_driver = \"{driver}\""),
+        );
+        assert_ne!(
+            edited, p,
+            "policy/simulated.toml changed: nic0's [device.vfs] not found"
+        );
+        edited
+    }
+}
+
+/// Starts a tenant storing `value` at 0x100 of `slice` through its own mapping every 20 ms
+/// (`map-test --hold`), and waits until the stores land.
+fn hold_mapping(s: &Setup, tenant: &str, slice: &str, value: u32) -> std::process::Child {
+    let value = format!("{value:#x}");
+    let holder = spawn_ctl_with_caps(
+        &s.bus.address,
+        tenant,
+        "+ipc_lock",
+        &[
+            "map-test", slice, "--write", &value, "--offset", "0x100", "--hold",
+        ],
+    );
+    let (device, vf) = slice.split_once('/').unwrap();
+    let want = u64::from_str_radix(value.trim_start_matches("0x"), 16).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.obs.read(device, vf, 0x100, 1, 4).unwrap() != vec![want] {
+        assert!(
+            Instant::now() < deadline,
+            "the holder never stored through its mapping"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    holder
+}
+
+/// How the holder ended, waiting up to `within`; `None` if it still runs.
+fn ended(holder: &mut std::process::Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = holder.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// With a revoke driver, Release ends the old tenant's mapping itself: the daemon binds the
+/// VF's driver for a moment (the simulator, as the kernel, then revokes every mapping of the
+/// BAR), proves it, unbinds, resets the function. The holder dies of SIGBUS, the VF goes to
+/// the next tenant at once (no VF recreation), who sees none of the old stores and whose own
+/// writes land, through Write and through a new mapping of its own.
+#[test]
+fn release_revokes_a_mapping_through_the_vf_driver() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut s = Setup::with_policy("map-revoke-driver", with_revoke_driver(SIM_VF_DRIVER));
+    s.ctl("ag-operator", &["vfs", "nic0", "2"]).ok();
+    s.ctl("ag-operator", &["assign", "nic0/vf0", "ag-tenant1"])
+        .ok();
+    let mut holder = hold_mapping(&s, "ag-tenant1", "nic0/vf0", 0xbad0_bad0);
+    // A bystander on the other VF, whose mapping the revocation must leave alone.
+    s.ctl("ag-operator", &["assign", "nic0/vf1", "ag-tenant2"])
+        .ok();
+    let mut bystander = hold_mapping(&s, "ag-tenant2", "nic0/vf1", 0x0b0b_0b0b);
+
+    let started = Instant::now();
+    s.ctl("ag-operator", &["release", "nic0/vf0"]).ok();
+    let took = started.elapsed();
+    eprintln!("Release with revocation took {took:?}");
+    let status = ended(&mut holder, Duration::from_secs(5))
+        .expect("the old tenant's holder still runs after Release: its mapping was not revoked");
+    assert_eq!(
+        status.signal(),
+        Some(nix::libc::SIGBUS),
+        "the holder should die of SIGBUS on its next store, not {status:?}"
+    );
+    assert!(
+        ended(&mut bystander, Duration::from_millis(100)).is_none(),
+        "the revocation reached another VF's mapping"
+    );
+    assert!(s.daemon.alive(), "the daemon died handing the VF over");
+
+    // At once, without recreating the VFs.
+    s.ctl("ag-operator", &["assign", "nic0/vf0", "ag-tenant2"])
+        .ok();
+    let seen = s
+        .ctl("ag-tenant2", &["--json", "read", "nic0/vf0", "0x100"])
+        .ok();
+    assert_eq!(
+        values_of(&seen),
+        vec![0],
+        "the VF was not reset between tenants"
+    );
+    s.ctl("ag-tenant2", &["write", "nic0/vf0", "0x100", "0x5a5a"])
+        .ok();
+    for _ in 0..5 {
+        let seen = s
+            .ctl("ag-tenant2", &["--json", "read", "nic0/vf0", "0x100"])
+            .ok();
+        assert_eq!(
+            values_of(&seen),
+            vec![0x5a5a],
+            "the next tenant's write did not stay"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The next tenant maps it too (the daemon's own window and the BAR work again).
+    ctl_with_caps(
+        &s.bus.address,
+        "ag-tenant2",
+        "+ipc_lock",
+        &[
+            "map-test", "nic0/vf0", "--write", "0x77", "--offset", "0x104",
+        ],
+    )
+    .ok();
+    assert_eq!(s.obs.read("nic0", "vf0", 0x104, 1, 4).unwrap(), vec![0x77]);
+    assert!(s.daemon.alive());
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+}
+
+/// A revoke driver that claims no BAR revokes nothing: the daemon finds out (a new mmap still
+/// succeeds while it is bound) and fails closed. Release says why, the slice keeps its mark,
+/// the next tenant gets Busy with the reason, and the old holder never reaches it.
+#[test]
+fn a_revocation_that_is_not_in_force_keeps_the_vf_from_the_next_tenant() {
+    let mut s = Setup::with_policy("map-revoke-fails", with_revoke_driver(SIM_DRIVER));
+    s.ctl("ag-operator", &["vfs", "nic0", "2"]).ok();
+    s.ctl("ag-operator", &["assign", "nic0/vf0", "ag-tenant1"])
+        .ok();
+    let mut holder = hold_mapping(&s, "ag-tenant1", "nic0/vf0", 0xbad0_bad0);
+    let release = s
+        .ctl("ag-operator", &["release", "nic0/vf0"])
+        .fails_with("Failed");
+    assert!(
+        release.stderr.contains("could not be revoked")
+            && release.stderr.contains("not in force")
+            && release.stderr.contains(SIM_DRIVER),
+        "{}",
+        release.stderr
+    );
+    assert!(
+        ended(&mut holder, Duration::from_millis(300)).is_none(),
+        "the holder died although nothing claimed the BAR"
+    );
+    // Released (the old tenant is refused), but to no one else.
+    s.ctl("ag-tenant1", &["read", "nic0/vf0", "0x0"])
+        .fails_with("NotAuthorized");
+    let busy = s
+        .ctl("ag-operator", &["assign", "nic0/vf0", "ag-tenant2"])
+        .fails_with("Busy");
+    assert!(
+        busy.stderr.contains("may still be alive") && busy.stderr.contains("not in force"),
+        "{}",
+        busy.stderr
+    );
+    // Retrying Release tries again and says so again.
+    s.ctl("ag-operator", &["release", "nic0/vf0"])
+        .fails_with("Failed");
+    // The driver was unbound each time: the VF has no driver and the daemon still serves it.
+    let vf0 = s
+        .daemon
+        .sim_dir
+        .join("sys/bus/pci/devices/0000:5e:00.0/virtfn0");
+    assert!(vf0.join("driver").symlink_metadata().is_err());
+    s.ctl("root", &["read", "nic0/vf0", "0x0"]).ok();
+    assert!(s.daemon.alive());
     let _ = holder.kill();
     let _ = holder.wait();
 }

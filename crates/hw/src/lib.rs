@@ -9,6 +9,7 @@ pub mod digest;
 pub mod fwupload;
 pub mod mtd;
 pub mod pci;
+pub mod revoke;
 pub mod slot;
 pub mod sriov;
 pub mod uevent;
@@ -16,6 +17,7 @@ pub mod window;
 
 pub use fwupload::{FwUpload, FwUploadError};
 pub use pci::{reset_function, BarInfo, PciBdf, PciError, PciFunction};
+pub use revoke::{revoke_bar_mappings, RevokeError, Revoked};
 pub use slot::{image_version, FirmwareStatus, Slot, SlotInfo, VERSION_HEADER};
 pub use sriov::{Sriov, SriovError};
 pub use uevent::{PciAction, PciUevent, Received, UeventError, UeventSocket};

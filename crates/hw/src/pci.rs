@@ -118,7 +118,7 @@ impl PciFunction {
 
     /// Opens the function whose sysfs directory is `dir` (e.g. reached through a `virtfnN`
     /// link).
-    pub(crate) fn open_dir(bdf: PciBdf, dir: PathBuf) -> Result<Self, PciError> {
+    pub fn open_dir(bdf: PciBdf, dir: PathBuf) -> Result<Self, PciError> {
         if !dir.is_dir() {
             return Err(PciError::NotFound(bdf.to_string()));
         }

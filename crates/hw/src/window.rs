@@ -374,7 +374,7 @@ impl Drop for SliceWindow {
 
 /// The system page size, from the auxiliary vector (AT_PAGESZ) the kernel gives every process;
 /// 4096 if that cannot be read. Cached: it cannot change while the process runs.
-fn page_size() -> u64 {
+pub(crate) fn page_size() -> u64 {
     static PAGE_SIZE: OnceLock<u64> = OnceLock::new();
     *PAGE_SIZE.get_or_init(|| {
         const AT_PAGESZ: u64 = 6;

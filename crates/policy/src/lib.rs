@@ -139,6 +139,11 @@ pub struct VfPolicy {
     /// Bind `pci-pf-stub` to the PF when it has no driver: the kernel configures SR-IOV only
     /// through a bound driver.
     pub pf_stub: bool,
+    /// A kernel driver that claims a VF's BAR when bound (e.g. `igbvf` for igb VFs). Binding it
+    /// for a moment is how `Release` revokes a former tenant's mapping of the VF (the kernel
+    /// zaps every user mapping of a range a driver claims); `None` keeps the slice from other
+    /// tenants until its VFs are recreated. See docs/security.md, Revocation.
+    pub revoke_driver: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -424,12 +424,56 @@ fn vf_policy(src: &Source<'_>, raw: RawVfs) -> Result<VfPolicy, PolicyError> {
         .writable
         .map(|w| writable_ranges(src, w, None))
         .transpose()?;
+    let revoke_driver = raw
+        .revoke_driver
+        .map(|d| revoke_driver(src, &d))
+        .transpose()?;
     Ok(VfPolicy {
         max,
         bar,
         writable,
         pf_stub: raw.pf_stub.unwrap_or(false),
+        revoke_driver,
     })
+}
+
+/// Longest kernel driver name accepted (the kernel's own are far shorter).
+const MAX_DRIVER_NAME: usize = 64;
+
+/// A driver name for `revoke_driver`: what `driver_override` takes and what names a directory
+/// under `/sys/bus/pci/drivers` (letters, digits, `_`, `-`), and not one of the stubs, which
+/// claim no BAR and so revoke nothing.
+fn revoke_driver(src: &Source<'_>, raw: &Spanned<String>) -> Result<String, PolicyError> {
+    let name = raw.get_ref();
+    let well_formed = !name.is_empty()
+        && name.len() <= MAX_DRIVER_NAME
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !well_formed {
+        return Err(src.invalid(
+            raw.span(),
+            format!(
+                "invalid revoke_driver {:?} (expected a kernel driver name: letters, digits, \
+                 '_' and '-', at most {MAX_DRIVER_NAME} characters)",
+                name.chars().take(80).collect::<String>()
+            ),
+        ));
+    }
+    if matches!(
+        name.as_str(),
+        "pci-stub" | "pci-pf-stub" | "pci_stub" | "pci_pf_stub"
+    ) {
+        return Err(src.invalid(
+            raw.span(),
+            format!(
+                "revoke_driver {name:?} claims no BAR when it binds, so it revokes no mapping; \
+                 name the VF's own driver (e.g. igbvf for igb VFs)"
+            ),
+        ));
+    }
+    Ok(name.clone())
 }
 
 /// Checks `[start, end)` ranges against `limit` (the slice size, when known), sorts them and

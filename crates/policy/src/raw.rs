@@ -79,6 +79,7 @@ pub(super) struct RawVfs {
     pub bar: Option<Spanned<u8>>,
     pub writable: Option<Vec<Spanned<Vec<u64>>>>,
     pub pf_stub: Option<bool>,
+    pub revoke_driver: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -73,6 +73,8 @@ enum Watched {
     PciBus,
     /// The directory of a VF (PF index, VF index): its `reset` attribute.
     Vf(usize, u32),
+    /// `sys/bus/pci/drivers/<driver>`: its `unbind` attribute.
+    Driver(usize),
     /// The simulation directory itself, for its [`HOTPLUG`] control file.
     Root,
 }
@@ -127,6 +129,8 @@ impl Emulator {
         }
         let wd = add_watch(&inotify, dir)?;
         watched.insert(wd, Watched::Root);
+        let mut drivers = Vec::new();
+        watch_drivers(&tree, &inotify, &mut watched, &mut drivers);
         let uploads = tree
             .spec
             .fw_uploads
@@ -145,7 +149,7 @@ impl Emulator {
         let for_thread = Arc::clone(&shared);
         let watcher = std::thread::Builder::new()
             .name("sim-emulator".into())
-            .spawn(move || watch_loop(&for_thread, &inotify, watched))
+            .spawn(move || watch_loop(&for_thread, &inotify, watched, drivers))
             .map_err(SimError::Thread)?;
         Ok(Emulator {
             shared,
@@ -198,10 +202,33 @@ fn watch_vfs(
     }
 }
 
+/// Watches the driver directories not watched yet (for their `unbind`); `drivers` holds
+/// their names, indexed by [`Watched::Driver`].
+fn watch_drivers(
+    tree: &Tree,
+    inotify: &Inotify,
+    watched: &mut HashMap<WatchDescriptor, Watched>,
+    drivers: &mut Vec<String>,
+) {
+    for (name, dir) in tree.driver_dirs() {
+        if drivers.contains(&name) {
+            continue;
+        }
+        match add_watch(inotify, &dir) {
+            Ok(wd) => {
+                watched.insert(wd, Watched::Driver(drivers.len()));
+                drivers.push(name);
+            }
+            Err(err) => tracing::warn!("simulator: cannot watch {}: {err}", dir.display()),
+        }
+    }
+}
+
 fn watch_loop(
     shared: &Arc<Shared>,
     inotify: &Inotify,
     mut watched: HashMap<WatchDescriptor, Watched>,
+    mut drivers: Vec<String>,
 ) {
     while !shared.stop.load(Ordering::Relaxed) {
         let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
@@ -230,6 +257,19 @@ fn watch_loop(
                 continue;
             };
             let result = match (target, name.to_str()) {
+                (Watched::PciBus, Some("drivers_probe")) => match shared.tree.probe_target() {
+                    // A driver bound for the first time has a new directory: watched before the
+                    // bind, since the daemon may unbind as soon as it sees the driver link.
+                    Some((bdf, driver)) => shared.tree.ensure_driver(&driver).and_then(|()| {
+                        watch_drivers(&shared.tree, inotify, &mut watched, &mut drivers);
+                        shared.tree.bind(&bdf, &driver)
+                    }),
+                    None => Ok(()),
+                },
+                (Watched::Driver(index), Some("unbind")) => match drivers.get(index) {
+                    Some(driver) => shared.tree.unbind(driver),
+                    None => Ok(()),
+                },
                 (Watched::Pf(index), Some("sriov_numvfs")) => {
                     let result = shared
                         .tree
@@ -254,7 +294,6 @@ fn watch_loop(
                 }
                 (Watched::Fw(index), Some("loading")) => on_loading(shared, index),
                 (Watched::Fw(index), Some("cancel")) => on_cancel(shared, index),
-                (Watched::PciBus, Some("drivers_probe")) => shared.tree.probe(),
                 (Watched::Slots(index), Some("activate")) => {
                     super::flash::on_activate(&shared.tree, &shared.tree.spec.fw_uploads[index])
                 }

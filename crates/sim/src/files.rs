@@ -59,6 +59,11 @@ pub(crate) fn poke(bar: &Path, offset: u64, bytes: &[u8]) -> Result<(), SimError
 /// keeps its register contents, like hardware that stayed powered), then stores the
 /// read-only ID `registers` (u32, little endian) through the same descriptor.
 pub(crate) fn ensure_bar(bar: &Path, size: u64, registers: &[(u64, u32)]) -> Result<(), SimError> {
+    // A BAR a driver claimed when the host went down is a link to /dev/null (`Tree::bind`): the host
+    // comes up without that driver, so the BAR is a plain file again.
+    if std::fs::symlink_metadata(bar).is_ok_and(|m| !m.file_type().is_file()) {
+        std::fs::remove_file(bar).map_err(SimError::io(bar))?;
+    }
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

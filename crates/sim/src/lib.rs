@@ -19,7 +19,8 @@ pub use emulator::{image_tag, request_hotplug, Emulator, HOTPLUG, UNPACED_ENV};
 pub use spec::scale_bdf;
 pub use spec::{
     FwEffect, FwEntrySpec, MtdSpec, PfSpec, RegionSpec, SimSpec, VfSpec, REG_ID, REG_IMAGE_STATUS,
-    REG_IMAGE_TAG, REG_PERSONALITY_TAG, REG_REGION_ID, SIM_DRIVER, TEST_FIRMWARE_MAX,
+    REG_IMAGE_TAG, REG_PERSONALITY_TAG, REG_REGION_ID, SIM_DRIVER, SIM_VF_DRIVER,
+    TEST_FIRMWARE_MAX,
 };
 pub use tree::MANIFEST;
 

@@ -19,7 +19,17 @@ pub struct SimSpec {
     /// MTD partitions (`sys/class/mtd/mtd<N>`, `dev/mtd<N>`), numbered in this order.
     #[serde(default)]
     pub mtds: Vec<MtdSpec>,
+    /// Kernel drivers that claim a function's BARs when they bind (`pci_request_regions`), as
+    /// the VF drivers of real NICs do: binding one revokes every mapping of the function's
+    /// `resourceN` and makes a new mmap fail until it is unbound, as the kernel does under
+    /// CONFIG_IO_STRICT_DEVMEM (see `Tree::bind`). Any other name binds and claims nothing
+    /// (as `pci-stub` and `pci-pf-stub` do).
+    #[serde(default)]
+    pub bar_claiming_drivers: Vec<String>,
 }
+
+/// The driver of the standard host's simulated VFs: it claims their BAR when bound.
+pub const SIM_VF_DRIVER: &str = "accelgate-simvf";
 
 /// One MTD partition: a NOR-like flash the daemon reaches as `dev/mtd<N>`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,6 +169,7 @@ impl SimSpec {
             functions: vec![fpga, nic],
             fw_uploads,
             mtds: Vec::new(),
+            bar_claiming_drivers: vec![SIM_VF_DRIVER.into()],
         }
     }
 
@@ -179,6 +190,7 @@ impl SimSpec {
             functions,
             fw_uploads,
             mtds: Vec::new(),
+            bar_claiming_drivers: Vec::new(),
         }
     }
 
@@ -266,6 +278,8 @@ impl SimSpec {
                 mtd("edufw-b", 0x7_0000),
                 mtd("edufw-sel", 0x2_0000),
             ],
+            // igb's VF driver (the rig's policy names it as igb0's revoke_driver).
+            bar_claiming_drivers: vec!["igbvf".into()],
         }
     }
 }

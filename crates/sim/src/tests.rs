@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use accelgate_hw::{
-    FwUpload, FwUploadError, HwRoot, PciBdf, PciError, PciFunction, SliceWindow, Sriov, SriovError,
-    Width,
+    revoke_bar_mappings, FwUpload, FwUploadError, HwRoot, PciBdf, PciError, PciFunction,
+    SliceWindow, Sriov, SriovError, Width,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -557,4 +557,69 @@ fn scale_addresses_are_distinct_pci_addresses_across_domains() {
     for bdf in &all {
         assert!(accelgate_hw::PciBdf::parse(bdf).is_ok(), "{bdf}");
     }
+}
+
+/// Binding a BAR-claiming driver through `driver_override` and `drivers_probe` revokes the
+/// old mappings of a VF's BAR for good (the old file is truncated) and refuses new ones
+/// until the unbind, which brings a fresh file with the registers as they were; a driver
+/// that claims nothing revokes nothing, and `revoke_bar_mappings` says so.
+#[test]
+fn a_bar_claiming_driver_revokes_mappings_until_unbound() {
+    let (dir, _) = standard("revoke");
+    let root = HwRoot::simulated(&dir.0);
+    let _emulator = Emulator::start(&dir.0).unwrap();
+    let nic = PciFunction::open(&root, &bdf("0000:5e:00.0")).unwrap();
+    let sriov = Sriov::new(&nic).unwrap();
+    sriov.set_num_vfs(2, TIMEOUT).unwrap();
+    let vf1 = sriov.vf(1).unwrap();
+    let bar = vf1.resource_path(0);
+    let window = SliceWindow::open(&bar, 0, 16 << 10).unwrap();
+    window.write(0x800, &[0x1234_5678], Width::U32).unwrap();
+    drop(window);
+    let old = std::fs::File::open(&bar).unwrap();
+    let vf0_bar = sriov.vf(0).unwrap().resource_path(0);
+    let bystander = std::fs::File::open(&vf0_bar).unwrap();
+
+    let revoked = revoke_bar_mappings(&root, &vf1.dir, &vf1.bdf, 0, SIM_VF_DRIVER, TIMEOUT);
+    revoked.unwrap();
+    // The old inode is empty: every mapping of it faults (SIGBUS), now and later.
+    assert_eq!(old.metadata().unwrap().len(), 0);
+    // The other VF's BAR is untouched.
+    assert_eq!(bystander.metadata().unwrap().len(), 16 << 10);
+    // Unbound again, override cleared, a fresh BAR file that maps and keeps the registers.
+    assert!(vf1.dir.join("driver").symlink_metadata().is_err());
+    assert_eq!(
+        std::fs::read_to_string(vf1.dir.join("driver_override"))
+            .unwrap()
+            .trim(),
+        ""
+    );
+    let window = SliceWindow::open(&bar, 0, 16 << 10).unwrap();
+    assert_eq!(
+        window.read(0x800, 1, Width::U32).unwrap(),
+        vec![0x1234_5678]
+    );
+    drop(window);
+
+    // A driver that claims no BAR (like pci-stub) binds, but nothing is revoked.
+    let before = std::fs::File::open(&bar).unwrap();
+    let err =
+        revoke_bar_mappings(&root, &vf1.dir, &vf1.bdf, 0, "claims-nothing", TIMEOUT).unwrap_err();
+    assert!(
+        matches!(err, accelgate_hw::RevokeError::NotInForce { .. }),
+        "{err}"
+    );
+    assert_eq!(before.metadata().unwrap().len(), 16 << 10);
+    assert!(vf1.dir.join("driver").symlink_metadata().is_err());
+
+    // A real root takes only the kernel's EINVAL as proof: the simulator's ENODEV is not.
+    let strict = HwRoot::new(&dir.0);
+    let err =
+        revoke_bar_mappings(&strict, &vf1.dir, &vf1.bdf, 0, SIM_VF_DRIVER, TIMEOUT).unwrap_err();
+    assert!(
+        matches!(err, accelgate_hw::RevokeError::Check { .. }),
+        "{err}"
+    );
+    assert!(vf1.dir.join("driver").symlink_metadata().is_err());
+    SliceWindow::open(&bar, 0, 16 << 10).unwrap();
 }

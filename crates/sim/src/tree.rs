@@ -251,39 +251,96 @@ impl Tree {
         ensure_bar(&bar, pf.bar0_size, &pf_registers(pf))
     }
 
-    /// `<bdf>/driver` -> `bus/pci/drivers/<driver>`, creating the driver's directory.
+    /// `<bdf>/driver` -> `bus/pci/drivers/<driver>`, creating the driver's directory (with its
+    /// `unbind` attribute). A driver of the spec's `bar_claiming_drivers` claims the function's
+    /// BARs as it binds: see [`claim_bars`].
     pub fn bind(&self, bdf: &str, driver: &str) -> Result<(), SimError> {
-        if driver.is_empty() || driver.starts_with('.') || driver.contains('/') {
-            return Err(SimError::InvalidSpec(format!("driver name {driver:?}")));
+        self.ensure_driver(driver)?;
+        let dir = self.function_dir(bdf);
+        if self.claims_bars(driver) {
+            claim_bars(&dir)?;
         }
-        mkdir_all(&self.sys().join("bus/pci/drivers").join(driver))?;
         ensure_symlink(
             Path::new(&format!("../../../bus/pci/drivers/{driver}")),
-            &self.function_dir(bdf).join("driver"),
+            &dir.join("driver"),
         )
+    }
+
+    /// `sys/bus/pci/drivers/<driver>`.
+    pub fn driver_dir(&self, driver: &str) -> PathBuf {
+        self.sys().join("bus/pci/drivers").join(driver)
+    }
+
+    /// Every driver directory there is now.
+    pub fn driver_dirs(&self) -> Vec<(String, PathBuf)> {
+        let Ok(entries) = std::fs::read_dir(self.sys().join("bus/pci/drivers")) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| Some((e.file_name().to_str()?.to_owned(), e.path())))
+            .collect()
+    }
+
+    fn claims_bars(&self, driver: &str) -> bool {
+        self.spec.bar_claiming_drivers.iter().any(|d| d == driver)
+    }
+
+    /// The kernel's `drivers/<driver>/unbind`: the function named there loses `driver` if it
+    /// has it; a driver that claimed its BARs releases them (see [`release_bars`]).
+    pub fn unbind(&self, driver: &str) -> Result<(), SimError> {
+        let Some(bdf) = read_attr(&self.driver_dir(driver).join("unbind")) else {
+            return Ok(());
+        };
+        let bdf = bdf.trim();
+        if PciBdf::parse(bdf).is_err() {
+            return Ok(());
+        }
+        let dir = self.function_dir(bdf);
+        let link = dir.join("driver");
+        let bound_here = std::fs::read_link(&link)
+            .is_ok_and(|target| target.file_name().and_then(|n| n.to_str()) == Some(driver));
+        if !bound_here {
+            return Ok(());
+        }
+        remove_if_present(&link)?;
+        if self.claims_bars(driver) {
+            release_bars(&dir)?;
+        }
+        Ok(())
     }
 
     /// The kernel's `drivers_probe`: a function without a driver whose `driver_override` names
     /// one gets it (only that driver may bind then). Unknown or bound functions are left alone.
-    pub fn probe(&self) -> Result<(), SimError> {
-        let probe = self.sys().join("bus/pci/drivers_probe");
-        let Some(bdf) = read_attr(&probe) else {
-            return Ok(());
-        };
+    /// Returns the function and driver to bind ([`Tree::bind`]), so that the emulator can
+    /// watch the driver's `unbind` before the driver link tells anyone it is bound.
+    pub fn probe_target(&self) -> Option<(String, String)> {
+        let bdf = read_attr(&self.sys().join("bus/pci/drivers_probe"))?;
         let bdf = bdf.trim();
-        if PciBdf::parse(bdf).is_err() || self.pf_by_bdf(bdf).is_none() {
-            return Ok(());
-        }
+        // A PF of the spec or one of the VFs that exist now.
+        PciBdf::parse(bdf).ok()?;
+        self.sys()
+            .join("bus/pci/devices")
+            .join(bdf)
+            .symlink_metadata()
+            .ok()?;
         let dir = self.function_dir(bdf);
         if dir.join("driver").symlink_metadata().is_ok() {
-            return Ok(());
+            return None;
         }
-        match read_attr(&dir.join("driver_override")) {
-            Some(driver) if !driver.is_empty() && driver != "(null)" => {
-                self.bind(bdf, driver.trim())
-            }
-            _ => Ok(()),
+        let driver = read_attr(&dir.join("driver_override"))?;
+        let driver = driver.trim();
+        (!driver.is_empty() && driver != "(null)").then(|| (bdf.to_owned(), driver.to_owned()))
+    }
+
+    /// Makes a driver's directory and its `unbind` attribute.
+    pub fn ensure_driver(&self, driver: &str) -> Result<(), SimError> {
+        if driver.is_empty() || driver.starts_with('.') || driver.contains('/') {
+            return Err(SimError::InvalidSpec(format!("driver name {driver:?}")));
         }
+        let driver_dir = self.driver_dir(driver);
+        mkdir_all(&driver_dir)?;
+        create_if_missing(&driver_dir.join("unbind"), "")
     }
 
     /// Where the simulated `test_firmware` driver keeps what each entry received.
@@ -453,6 +510,10 @@ impl Tree {
             return Ok(());
         }
         let bar = dir.join("resource0");
+        if !is_regular_file(&bar) {
+            // Claimed by a driver (/dev/null stands in for it): the driver resets its function.
+            return write_atomic(&reset, "");
+        }
         {
             use std::os::unix::fs::FileExt;
             let file = std::fs::OpenOptions::new()
@@ -547,6 +608,7 @@ impl Tree {
         // The function-reset attribute (write-only in the kernel; here it reads "1" until the
         // emulator has reset the function, see `reset_vf`).
         write_file(&vf_dir.join("reset"), "")?;
+        write_file(&vf_dir.join("driver_override"), NO_OVERRIDE)?;
         ensure_symlink(Path::new(&format!("../{}", pf.bdf)), &vf_dir.join("physfn"))?;
         self.link_function(&vf_bdf)?;
         ensure_symlink(
@@ -560,23 +622,92 @@ impl Tree {
 /// unmaps them, and a later access faults with SIGBUS): the files are truncated to nothing
 /// before they go, so an access through an old mapping faults the same way.
 fn revoke_bar_mappings(vf_dir: &Path) -> Result<(), SimError> {
-    let Ok(entries) = std::fs::read_dir(vf_dir) else {
-        return Ok(());
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let is_bar = name.to_str().is_some_and(|n| {
-            n.strip_prefix("resource")
-                .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
-        });
-        if is_bar {
-            let path = entry.path();
+    for path in bar_files(vf_dir) {
+        // A claimed BAR is a link to /dev/null (see `claim_bars`); its old mappings are
+        // already revoked.
+        if is_regular_file(&path) {
             std::fs::OpenOptions::new()
                 .write(true)
                 .open(&path)
                 .and_then(|f| f.set_len(0))
                 .map_err(SimError::io(&path))?;
         }
+    }
+    Ok(())
+}
+
+/// `resourceN` files of a function directory, by name.
+fn bar_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|entry| {
+            entry.file_name().to_str().is_some_and(|n| {
+                n.strip_prefix("resource")
+                    .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+            })
+        })
+        .map(|entry| entry.path())
+        .collect()
+}
+
+fn is_regular_file(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file())
+}
+
+/// Where a claimed BAR's registers are kept while a driver owns it (the device keeps them:
+/// binding clears no register, measured on the rig).
+fn claimed_copy(bar: &Path) -> PathBuf {
+    let name = bar
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    bar.with_file_name(format!(".claimed-{name}"))
+}
+
+/// What the kernel does when a driver claims a function's BARs (`__request_region` calls
+/// `revoke_iomem`): every user mapping of them is zapped, so an access through one faults
+/// with SIGBUS, for good; and while the driver holds them a new mmap fails (the kernel's
+/// EINVAL under CONFIG_IO_STRICT_DEVMEM). Here: the registers are copied aside, the old file
+/// is truncated (its mappings fault from now on, also after the unbind, which brings a new
+/// file) and replaced by a link to `/dev/null`, which opens but refuses mmap (ENODEV; a
+/// regular file always maps). Only syscalls the daemon's seccomp allow-list has (the
+/// emulator runs inside `accelgated --simulate`): no mknod for a FIFO, no fchmod of a copy.
+fn claim_bars(dir: &Path) -> Result<(), SimError> {
+    for bar in bar_files(dir) {
+        if !is_regular_file(&bar) {
+            continue;
+        }
+        let copy = claimed_copy(&bar);
+        let registers = std::fs::read(&bar).map_err(SimError::io(&bar))?;
+        std::fs::write(&copy, registers).map_err(SimError::io(&copy))?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&bar)
+            .and_then(|f| f.set_len(0))
+            .map_err(SimError::io(&bar))?;
+        std::fs::remove_file(&bar).map_err(SimError::io(&bar))?;
+        std::os::unix::fs::symlink(UNMAPPABLE, &bar).map_err(SimError::io(&bar))?;
+    }
+    Ok(())
+}
+
+/// What a claimed `resourceN` is while its driver holds it: a device with no mmap.
+const UNMAPPABLE: &str = "/dev/null";
+
+/// The driver lets go of the BARs: each `resourceN` is a regular file again, a new one (new
+/// inode) holding the registers as the driver left them, so new mappings work and old ones
+/// stay revoked.
+fn release_bars(dir: &Path) -> Result<(), SimError> {
+    for bar in bar_files(dir) {
+        let copy = claimed_copy(&bar);
+        if is_regular_file(&bar) || !copy.exists() {
+            continue;
+        }
+        std::fs::remove_file(&bar).map_err(SimError::io(&bar))?;
+        std::fs::rename(&copy, &bar).map_err(SimError::io(&bar))?;
     }
     Ok(())
 }

@@ -52,6 +52,20 @@ pub enum DeviceError {
          it can no longer be read or written"
     )]
     Gone { device: String, slice: String },
+    #[error(
+        "slice {device}/{slice} is being handed over (its former tenant's mapping is being \
+         revoked and the function reset); retry in a moment"
+    )]
+    HandingOver { device: String, slice: String },
+    #[error(
+        "slice {device}/{slice} has no register window: mapping it again after a hand-over \
+         failed ({reason}); recreate the device's VFs"
+    )]
+    Unmapped {
+        device: String,
+        slice: String,
+        reason: String,
+    },
     #[error("slice {device}/{slice}: window does not fit BAR {bar}")]
     Window {
         device: String,
@@ -79,11 +93,12 @@ pub struct SliceRt {
     pub device: String,
     pub id: String,
     pub kind: SliceKind,
-    /// The mapped register window; `None` once revoked. A VF's window is revoked (and so
-    /// unmapped) before the VF is removed: on a real kernel an access through a mapping of a
-    /// removed `resourceN` file faults (SIGBUS) and would end the daemon. Accesses hold the
-    /// read lock, so revocation waits for one in flight.
-    window: RwLock<Option<SliceWindow>>,
+    /// The mapped register window, unless revoked. A VF's window is revoked (and so
+    /// unmapped) before the VF is removed, and taken out while the VF is handed over: on a
+    /// real kernel an access through a mapping of a removed `resourceN` file faults
+    /// (SIGBUS), and so does one through a mapping a driver's claim revoked, either of which
+    /// would end the daemon. Accesses hold the read lock, so both wait for one in flight.
+    window: RwLock<WindowState>,
     size: u64,
     /// `[start, end)` in the window, sorted and non-overlapping.
     pub writable: Vec<(u64, u64)>,
@@ -91,6 +106,19 @@ pub struct SliceRt {
     /// The BAR resource file of a VF slice, handed out by Map. `None` for windows in a shared
     /// BAR, which are only ever proxied through Read/Write.
     pub mappable_resource: Option<PathBuf>,
+    /// The PCI function of a VF slice.
+    pub function: Option<PciBdf>,
+}
+
+/// Where a slice's register window stands.
+enum WindowState {
+    Mapped(SliceWindow),
+    /// Taken out while the VF is handed over to the next tenant (see [`SliceRt::hand_over`]).
+    HandingOver,
+    /// Mapping the VF again after a hand-over failed.
+    Unmapped(String),
+    /// The function was removed.
+    Revoked,
 }
 
 impl SliceRt {
@@ -101,17 +129,19 @@ impl SliceRt {
         window: SliceWindow,
         writable: Vec<(u64, u64)>,
         loader: Option<LoaderSpec>,
-        mappable_resource: Option<PathBuf>,
+        vf: Option<(PathBuf, PciBdf)>,
     ) -> SliceRt {
+        let (mappable_resource, function) = vf.unzip();
         SliceRt {
             device: device.to_owned(),
             id: id.to_owned(),
             kind,
             size: window.size(),
-            window: RwLock::new(Some(window)),
+            window: RwLock::new(WindowState::Mapped(window)),
             writable,
             loader,
             mappable_resource,
+            function,
         }
     }
 
@@ -120,16 +150,45 @@ impl SliceRt {
         self.size
     }
 
-    /// Runs `access` on the window, unless it was revoked (its function removed).
+    /// Runs `access` on the window, unless it was revoked (its function removed) or is out
+    /// for a hand-over.
     pub fn with_window<T>(&self, access: impl FnOnce(&SliceWindow) -> T) -> Result<T, DeviceError> {
         let window = self.window.read().unwrap_or_else(|p| p.into_inner());
-        match window.as_ref() {
-            Some(w) => Ok(access(w)),
-            None => Err(DeviceError::Gone {
-                device: self.device.clone(),
-                slice: self.id.clone(),
+        let (device, slice) = (self.device.clone(), self.id.clone());
+        match &*window {
+            WindowState::Mapped(w) => Ok(access(w)),
+            WindowState::HandingOver => Err(DeviceError::HandingOver { device, slice }),
+            WindowState::Unmapped(reason) => Err(DeviceError::Unmapped {
+                device,
+                slice,
+                reason: reason.clone(),
             }),
+            WindowState::Revoked => Err(DeviceError::Gone { device, slice }),
         }
+    }
+
+    /// Hands a VF over: the window is unmapped (after any access in flight has finished) and
+    /// requests are answered "being handed over" while `work` runs without holding any lock;
+    /// `work` gives the new window, or why there is none.
+    ///
+    /// The daemon's own mapping has to go first: binding a driver that claims the BAR revokes
+    /// it too, and the next access through it would fault (SIGBUS) and end the daemon.
+    pub fn hand_over<T>(&self, work: impl FnOnce() -> (Result<SliceWindow, String>, T)) -> T {
+        {
+            let mut window = self.window.write().unwrap_or_else(|p| p.into_inner());
+            *window = WindowState::HandingOver;
+        }
+        let (mapped, result) = work();
+        let mut window = self.window.write().unwrap_or_else(|p| p.into_inner());
+        // A VF removed meanwhile stays revoked (the removal holds the slice's busy lock, so
+        // this does not happen today; kept safe regardless).
+        if !matches!(*window, WindowState::Revoked) {
+            *window = match mapped {
+                Ok(w) => WindowState::Mapped(w),
+                Err(reason) => WindowState::Unmapped(reason),
+            };
+        }
+        result
     }
 
     /// Runs `work` while no access to the window is in flight (e.g. a function reset, during
@@ -142,14 +201,16 @@ impl SliceRt {
     /// Unmaps the window for good, after any access in flight has finished.
     pub fn revoke(&self) {
         let mut window = self.window.write().unwrap_or_else(|p| p.into_inner());
-        *window = None;
+        *window = WindowState::Revoked;
     }
 
+    /// Whether the window was unmapped for good, or lost in a failed hand-over: either way a
+    /// VF recreated at this index gets a new one.
     pub fn is_revoked(&self) -> bool {
-        self.window
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_none()
+        matches!(
+            *self.window.read().unwrap_or_else(|p| p.into_inner()),
+            WindowState::Revoked | WindowState::Unmapped(_)
+        )
     }
 
     /// Whether `[start, end)` lies inside the union of the writable ranges.
@@ -353,7 +414,7 @@ impl DeviceRt {
                     window,
                     writable,
                     None,
-                    Some(resource),
+                    Some((resource, vf.bdf.clone())),
                 )),
             );
             if !recreated {

@@ -9,7 +9,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
-use accelgate_hw::{FwUpload, HwRoot, PciAction, PciBdf, PciUevent, Width};
+use accelgate_hw::{
+    FwUpload, HwRoot, PciAction, PciBdf, PciError, PciFunction, PciUevent, RevokeError, Revoked,
+    SliceWindow, Width,
+};
 use accelgate_policy::{FirmwarePolicy, LoaderSpec, RolePolicy, SliceKind};
 use accelgate_proto::Operation;
 
@@ -39,6 +42,8 @@ const UPLOAD_TIMEOUT: Duration = Duration::from_secs(600);
 const SRIOV_TIMEOUT: Duration = Duration::from_secs(30);
 /// A function reset (FLR) takes ~100 ms on hardware; the simulator answers within milliseconds.
 const RESET_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a VF's revoke driver may take to bind, and to let go again.
+const REVOKE_WAIT: Duration = Duration::from_secs(5);
 /// How long a hot-added function may take to become openable: the kernel announces it
 /// (`add`) before it has created its `resourceN` files.
 const ARRIVAL_SETTLE: Duration = Duration::from_secs(3);
@@ -368,6 +373,8 @@ impl Engine {
                 )),
             ));
         };
+        // Under the busy lock: a hand-over (Release, Assign) binds a driver for a moment.
+        let _busy = self.claim(auth.target(), auth)?;
         // A BAR a kernel driver owns cannot be mapped (CONFIG_IO_STRICT_DEVMEM): say so here
         // rather than let the caller's mmap fail with EINVAL.
         let driver = resource
@@ -383,7 +390,6 @@ impl Engine {
                 )),
             ));
         }
-        let _busy = self.claim(auth.target(), auth)?;
         self.recheck_at_use(auth)?;
         let (d, s) = (
             auth.target().device().unwrap_or_default(),
@@ -438,6 +444,28 @@ impl Engine {
             auth.target().device().unwrap_or_default(),
             auth.target().slice().unwrap_or_default(),
         );
+        // A free slice that another tenant mapped: revoke that mapping now, if the device's
+        // VFs have a revoke driver (a Release whose revocation failed leaves this to here).
+        let blocked_by_mapping = {
+            let st = self.state();
+            let entry = st.get().slice(d, s);
+            entry.tenant.is_none() && entry.mapped_by.as_ref().is_some_and(|m| *m != tenant)
+        };
+        if blocked_by_mapping {
+            let (dev, slice) = self.target_slice(auth)?;
+            if let Some(handed) = self.revoke_and_reset(&dev, d, s, &slice).await? {
+                if let Err(e) = &handed.revoked {
+                    return Err(CoreError::Busy(format!(
+                        "{d}/{s} was mapped by its previous tenant and that mapping may still be \
+                         alive: {}; it goes to no other tenant until a revocation succeeds",
+                        error_chain(e)
+                    )));
+                }
+                self.update_state(|st| st.slice_mut(d, s).mapped_by = None)
+                    .await?;
+                handed.reset_outcome(d, s)?;
+            }
+        }
         let changed = self
             .update_state(|st| {
                 let entry = st.slice_mut(d, s);
@@ -446,8 +474,9 @@ impl Engine {
                     _ if entry.mapped_by.as_ref().is_some_and(|m| *m != tenant) => {
                         Err(CoreError::Busy(format!(
                             "{d}/{s} was mapped by its previous tenant and that mapping may still \
-                             be alive; recreate the device's VFs (SetVfCount to 0 and back) to \
-                             revoke it"
+                             be alive; the policy names no revoke_driver for {d}'s VFs, so the \
+                             daemon cannot revoke it: recreate the device's VFs (SetVfCount to 0 \
+                             and back) once that tenant's processes are gone"
                         )))
                     }
                     Some(t) => Err(CoreError::Busy(format!(
@@ -469,21 +498,132 @@ impl Engine {
     pub async fn release(&self, req: &Request, target: Target) -> Result<(), CoreError> {
         let auth = self.authorize(req, Operation::SliceAssign, target).await?;
         let auth = &auth;
-        let (_, slice) = self.target_slice(auth)?;
+        let (dev, slice) = self.target_slice(auth)?;
         let _busy = self.claim(auth.target(), auth)?;
         let (d, s) = (
             auth.target().device().unwrap_or_default(),
             auth.target().slice().unwrap_or_default(),
         );
-        if self.state().get().slice(d, s).tenant.is_none() {
+        let (assigned, mapped) = {
+            let st = self.state();
+            let entry = st.get().slice(d, s);
+            (entry.tenant.is_some(), entry.mapped_by.is_some())
+        };
+        // A mapped VF whose device has a revoke driver is handed over: its mappings revoked,
+        // the function reset, the daemon's window mapped afresh. Also when it has no tenant
+        // any more (an earlier revocation failed): a retried Release tries again.
+        let revocable = mapped && revoke_driver(&dev).is_some() && slice.function.is_some();
+        if !assigned && !revocable {
             return Ok(());
         }
-        self.scrub(d, s, &slice).await?;
-        self.reset_function(d, s, &slice).await?;
-        self.update_state(|st| st.slice_mut(d, s).tenant = None)
-            .await?;
-        self.slice_changed(d, s);
-        Ok(())
+        if assigned {
+            self.scrub(d, s, &slice).await?;
+        }
+        let handed = match revocable {
+            true => self.revoke_and_reset(&dev, d, s, &slice).await?,
+            false => None,
+        };
+        match &handed {
+            Some(handed) => handed.reset_outcome(d, s)?,
+            None => self.reset_function(d, s, &slice).await?,
+        }
+        let revoked = handed.as_ref().is_some_and(|h| h.revoked.is_ok());
+        self.update_state(|st| {
+            let entry = st.slice_mut(d, s);
+            entry.tenant = None;
+            if revoked {
+                entry.mapped_by = None;
+            }
+        })
+        .await?;
+        if assigned {
+            self.slice_changed(d, s);
+        }
+        match handed.map(|h| h.revoked) {
+            Some(Err(e)) => Err(CoreError::Failed(format!(
+                "{d}/{s} is released, but its former tenant's mapping could not be revoked: {}; \
+                 it goes to no other tenant until a revocation succeeds (Release or Assign tries \
+                 again)",
+                error_chain(&e)
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Revokes every mapping of a VF slice's BAR through the device's `revoke_driver` (see
+    /// docs/security.md, Revocation): the daemon's own window is taken out first (no access
+    /// in flight), the driver bound and proven to hold the BAR, unbound; then the function is
+    /// reset and the window mapped afresh, whatever the revocation's outcome. `None` when the
+    /// device's VFs have no revoke driver.
+    async fn revoke_and_reset(
+        &self,
+        dev: &Arc<DeviceRt>,
+        d: &str,
+        s: &str,
+        slice: &Arc<SliceRt>,
+    ) -> Result<Option<HandedOver>, CoreError> {
+        let (Some(driver), Some(resource), Some(bdf)) = (
+            revoke_driver(dev),
+            slice.mappable_resource.clone(),
+            slice.function.clone(),
+        ) else {
+            return Ok(None);
+        };
+        let Some(function_dir) = resource.parent().map(std::path::Path::to_path_buf) else {
+            return Ok(None);
+        };
+        let bar = dev.policy.vfs.as_ref().map_or(0, |v| v.bar);
+        let (hw, worker, size) = (self.hw.clone(), slice.clone(), slice.size());
+        let started = std::time::Instant::now();
+        let handed = tokio::task::spawn_blocking(move || {
+            worker.hand_over(|| {
+                let revoked = accelgate_hw::revoke_bar_mappings(
+                    &hw,
+                    &function_dir,
+                    &bdf,
+                    bar,
+                    &driver,
+                    REVOKE_WAIT,
+                );
+                // Between tenants in any case; after the revocation, so nothing an old
+                // mapping stored before it survives.
+                let reset = accelgate_hw::reset_function(&function_dir, RESET_TIMEOUT);
+                // The driver's probe and remove may leave memory decoding off (the function
+                // reset restores the header as it was): on again, as when the VF was made.
+                if let Ok(vf) = PciFunction::open_dir(bdf, function_dir) {
+                    if vf.driver.is_none() {
+                        let _ = vf.enable_memory();
+                    }
+                }
+                let window = SliceWindow::open(&resource, 0, size).map_err(|e| error_chain(&e));
+                (
+                    window,
+                    HandedOver {
+                        revoked,
+                        reset,
+                        driver,
+                    },
+                )
+            })
+        })
+        .await
+        .map_err(CoreError::Task)?;
+        match &handed.revoked {
+            Ok(times) => tracing::info!(
+                "{d}/{s}: every mapping of its BAR revoked through {} (bound in {:?}, unbound in \
+                 {:?}), function reset, window mapped afresh; {:?} in all",
+                handed.driver,
+                times.bind,
+                times.unbind,
+                started.elapsed()
+            ),
+            Err(e) => tracing::error!(
+                "{d}/{s}: revoking the mappings of its BAR through {} failed: {}",
+                handed.driver,
+                error_chain(e)
+            ),
+        }
+        Ok(Some(handed))
     }
 
     /// Makes a slice safe for the next tenant: writable registers zeroed, image unloaded. The
@@ -777,17 +917,20 @@ impl Engine {
         for s in &disrupted {
             guards.push(self.claim(&Target::Slice(d.clone(), s.id.clone()), auth)?);
         }
-        // VFs that go away lose their assignment; those that are recreated keep it.
+        // VFs that go away lose their assignment; those that are recreated keep it. Removing
+        // a VF does not revoke mappings of its BAR on a real kernel (a recreated VF at the same
+        // address is reached through them): with a revoke driver the mark stays, so the VF is
+        // revoked before it goes to another tenant; without one the mark goes, as documented.
+        let keep_marks = revoke_driver(&dev).is_some();
         self.update_state(|st| {
             st.device_mut(&d).num_vfs = Some(count);
             for s in &disrupted {
+                let entry = st.slice_mut(&d, &s.id);
+                let mark = entry.mapped_by.take().filter(|_| keep_marks);
                 if vf_index(&s.id).is_some_and(|i| i >= count) {
-                    *st.slice_mut(&d, &s.id) = Default::default();
-                } else {
-                    // Recreated: the kernel removes the old function's resource files, which
-                    // revokes every mapping of them.
-                    st.slice_mut(&d, &s.id).mapped_by = None;
+                    *entry = Default::default();
                 }
+                entry.mapped_by = mark;
             }
         })
         .await?;
@@ -1315,8 +1458,12 @@ impl Engine {
         });
         // The windows are unmapped when the last request holding them ends (no fault: the
         // kernel leaves a dead page behind a removed function's mapping).
+        let keep_marks = revoke_driver(&dev).is_some();
         drop(dev);
-        if let Err(e) = self.update_state(|st| forget_hardware_state(st, &id)).await {
+        if let Err(e) = self
+            .update_state(|st| forget_hardware_state(st, &id, keep_marks))
+            .await
+        {
             tracing::error!("{id}: {}", error_chain(&e));
         }
     }
@@ -1363,7 +1510,11 @@ impl Engine {
             }
         };
         // A function that comes (back) onto the bus is fresh hardware: nothing is loaded.
-        if let Err(e) = self.update_state(|st| forget_hardware_state(st, &id)).await {
+        let keep_marks = revoke_driver(&dev).is_some();
+        if let Err(e) = self
+            .update_state(|st| forget_hardware_state(st, &id, keep_marks))
+            .await
+        {
             tracing::error!("{id}: {}", error_chain(&e));
         }
         {
@@ -1499,6 +1650,39 @@ impl Engine {
     }
 }
 
+/// The driver the device's policy names to revoke mappings of its VFs.
+fn revoke_driver(dev: &DeviceRt) -> Option<String> {
+    dev.policy.vfs.as_ref()?.revoke_driver.clone()
+}
+
+/// What handing a VF over did.
+struct HandedOver {
+    revoked: Result<Revoked, RevokeError>,
+    reset: Result<(), PciError>,
+    driver: String,
+}
+
+impl HandedOver {
+    /// The function reset's outcome as `Release` treats it: a VF without a reset method keeps
+    /// its scrub (logged); a reset that failed fails the operation.
+    fn reset_outcome(&self, d: &str, s: &str) -> Result<(), CoreError> {
+        match &self.reset {
+            Ok(()) => Ok(()),
+            Err(e @ PciError::NoReset(_)) => {
+                tracing::warn!(
+                    "{d}/{s}: {}; only its writable ranges were zeroed",
+                    error_chain(e)
+                );
+                Ok(())
+            }
+            Err(e) => Err(CoreError::Failed(format!(
+                "resetting {d}/{s}: {}",
+                error_chain(e)
+            ))),
+        }
+    }
+}
+
 /// The refusal for a device whose PCI function left the bus.
 fn removed_error(id: &str, pci: &str) -> CoreError {
     CoreError::NotFound(format!(
@@ -1509,8 +1693,10 @@ fn removed_error(id: &str, pci: &str) -> CoreError {
 
 /// What a device's hardware held and loses when its function leaves or (re)joins the bus:
 /// loaded images and personality, and the record of a live mapping (a removed function's
-/// mappings reach only a dead page). Assignments and the wanted VF count stay.
-fn forget_hardware_state(st: &mut PersistentState, device: &str) {
+/// mappings reach only a dead page), unless the device has a revoke driver (`keep_marks`):
+/// then a VF at the same address later is revoked before anyone else gets it. Assignments
+/// and the wanted VF count stay.
+fn forget_hardware_state(st: &mut PersistentState, device: &str, keep_marks: bool) {
     let prefix = format!("{device}/");
     for (_, slice) in st
         .slices
@@ -1519,7 +1705,9 @@ fn forget_hardware_state(st: &mut PersistentState, device: &str) {
     {
         slice.image_sha256 = None;
         slice.image_in_flux = false;
-        slice.mapped_by = None;
+        if !keep_marks {
+            slice.mapped_by = None;
+        }
     }
     let dev = st.device_mut(device);
     dev.personality_sha256 = None;
@@ -1541,9 +1729,15 @@ fn open_devices(hw: &HwRoot, policy: &RolePolicy) -> BTreeMap<String, Arc<Device
     out
 }
 
-/// A slice whose function was removed while a request held it: NotFound, saying why.
+/// A slice whose function was removed while a request held it: NotFound, saying why; one
+/// being handed over: Busy; one left without a window: Failed.
 fn gone(e: super::devices::DeviceError) -> CoreError {
-    CoreError::NotFound(e.to_string())
+    use super::devices::DeviceError;
+    match e {
+        DeviceError::HandingOver { .. } => CoreError::Busy(e.to_string()),
+        DeviceError::Unmapped { .. } => CoreError::Failed(e.to_string()),
+        _ => CoreError::NotFound(e.to_string()),
+    }
 }
 
 /// A device's firmware state as its backend and the flash records say now. Blocking (MTD

@@ -87,7 +87,8 @@ pub fn caps_mask(caps: &[Capability]) -> u64 {
 ///   Otherwise the daemon runs as uid 0, and everything it touches after start-up is owned by
 ///   root with owner write permission, so plain DAC grants access and CAP_DAC_OVERRIDE is not
 ///   needed: `sriov_numvfs` (0664), `sriov_drivers_autoprobe`, `driver_override` (0644),
-///   `drivers_probe` (0200), firmware-upload `loading` (0644), `resourceN` (0600), `/dev/mtdN`
+///   `drivers_probe` (0200), a driver's `unbind` (0200; `revoke_driver`), firmware-upload
+///   `loading` (0644), `resourceN` (0600), `/dev/mtdN`
 ///   (0660), the state directory (0700). `pci_mmap_resource` (sysfs `resourceN` mmap) checks
 ///   only lockdown (`LOCKDOWN_PCI_ACCESS`) and exclusive iomem (a BAR a driver owns cannot be
 ///   mapped); `sriov_numvfs_store`, `loading` and the MTD ioctls (which need only a

@@ -18,6 +18,7 @@ pub const SCENARIOS: &[&str] = &[
     "vf-lifecycle",
     "vf-igb",
     "vf-map-after-removal",
+    "vf-revoke-by-driver",
     "program-complete",
     "program-idempotent",
     "program-invalid-size",

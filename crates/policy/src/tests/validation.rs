@@ -385,6 +385,30 @@ fn vfs() {
 }
 
 #[test]
+fn revoke_driver() {
+    let p = parse(&format!("{DEVICE}[device.vfs]\nmax = 2\n")).unwrap();
+    assert_eq!(p.devices[0].vfs.as_ref().unwrap().revoke_driver, None);
+    let p = parse(&format!(
+        "{DEVICE}[device.vfs]\nmax = 2\nrevoke_driver = \"igbvf\"\n"
+    ))
+    .unwrap();
+    let vfs = p.devices[0].vfs.as_ref().unwrap();
+    assert_eq!(vfs.revoke_driver.as_deref(), Some("igbvf"));
+    for bad in ["", "../igbvf", "igb vf", "igbvf\\n", "-x", &"a".repeat(65)] {
+        expect_error(
+            &format!("{DEVICE}[device.vfs]\nmax = 2\nrevoke_driver = {bad:?} # <-\n"),
+            "invalid revoke_driver",
+        );
+    }
+    for stub in ["pci-stub", "pci-pf-stub"] {
+        expect_error(
+            &format!("{DEVICE}[device.vfs]\nmax = 2\nrevoke_driver = \"{stub}\" # <-\n"),
+            "claims no BAR",
+        );
+    }
+}
+
+#[test]
 fn declared_slice_cannot_take_a_vf_name() {
     let text = format!(
         "{}\n[[device.slice]]\nid = \"vf3\" # <-\nkind = \"window\"\nbar = 1\noffset = 0\nsize = 4\n\
