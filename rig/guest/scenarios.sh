@@ -275,8 +275,9 @@ fi
 # The daemon binds igbvf to the VF (the kernel's revoke_iomem zaps every user mapping of the
 # BAR; the simulator truncates the old resource0), checks that a new mmap fails, unbinds,
 # resets the function and maps its own window again. The holder must die of SIGBUS (su's
-# status 135), vf1 must go to ag-tenant2 at once (no VF re-creation), whose own write must
-# stay; no driver may be left bound and the daemon must live.
+# status 135); vf1 must go to no one else until the VFs are recreated (the fd Map handed out
+# outlives the revocation), then to ag-tenant2, whose own write must stay; no driver may be
+# left bound and the daemon must live.
 ok=
 REG=0x800 VAL=0x12345611
 ctl ag-operator vfs igb0 2 || ok="vfs 2: $out;"
@@ -308,7 +309,18 @@ hrc=$?
 [ $hrc -eq 135 ] || ok="$ok the holder ended with status $hrc, not 135 (SIGBUS): $(tr '\n' ' ' <$WORK/revoke-hold.out | cut -c1-200);"
 drv=$(readlink "$SYS/bus/pci/devices/$vf1/driver")
 [ -z "$drv" ] || ok="$ok $vf1 is left bound to ${drv##*/};"
-ctl ag-operator assign igb0/vf1 ag-tenant2 || ok="$ok assign to tenant2 at once: $out;"
+# The mapping is gone, but the fd Map gave ag-tenant1 could map vf1 again once igbvf is
+# unbound: vf1 goes to no one else until its resource file is removed (VFs recreated).
+ctl ag-operator assign igb0/vf1 ag-tenant2
+[ $rc -ne 0 ] && echo "$out" | grep -q "recreate" ||
+  ok="$ok assign to tenant2 before the VFs are recreated: $rc $out;"
+ctl ag-operator vfs igb0 0 --force || ok="$ok vfs 0: $out;"
+ctl ag-operator vfs igb0 2 || ok="$ok vfs 2 again: $out;"
+vf1=$(vf_bdf $IGB 1)
+if [ "$RIG_BACKEND" = kernel ]; then
+  echo 1 >"$SYS/bus/pci/devices/$vf1/enable" || ok="$ok enable $vf1 again;"
+fi
+ctl ag-operator assign igb0/vf1 ag-tenant2 || ok="$ok assign to tenant2 after re-creation: $out;"
 ctl ag-tenant2 read igb0/vf1 $REG
 first=$out
 ctl ag-tenant2 write igb0/vf1 $REG 0x00c0ffee || ok="$ok tenant2 write: $out;"
@@ -319,7 +331,7 @@ ctl ag-tenant2 map-test igb0/vf1 || ok="$ok tenant2 map: $out;"
 kill -0 "$PID" 2>/dev/null || ok="$ok daemon $PID gone after the hand-over;"
 ctl root release igb0/vf1 || ok="$ok release tenant2: $out;"
 ctl ag-operator vfs igb0 0 --force || ok="$ok vfs 0 at the end: $out;"
-check vf-revoke-by-driver "Release of ag-tenant1's mapped vf1 ($t0 -> $t1 s) revoked its mapping through igbvf (holder status $hrc, SIGBUS); vf1 went to ag-tenant2 at once (first read: $(echo $first | tr '\n' ' ' | cut -c1-60)), whose write stays; no driver left bound"
+check vf-revoke-by-driver "Release of ag-tenant1's mapped vf1 ($t0 -> $t1 s) revoked its mapping through igbvf (holder status $hrc, SIGBUS); vf1 refused to ag-tenant2 until the VFs were recreated (the old fd), then served (first read: $(echo $first | tr '\n' ' ' | cut -c1-60)), whose write stays; no driver left bound"
 
 # --- Program through the firmware-upload class (test_firmware) --------------------------
 ok=

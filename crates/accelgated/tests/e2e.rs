@@ -971,17 +971,32 @@ fn release_revokes_a_mapping_through_the_vf_driver() {
     );
     assert!(s.daemon.alive(), "the daemon died handing the VF over");
 
-    // At once, without recreating the VFs.
+    // The function was reset: the old tenant's store is gone.
+    assert_eq!(
+        s.obs.read("nic0", "vf0", 0x100, 1, 4).unwrap(),
+        vec![0],
+        "the VF was not reset on Release"
+    );
+    // The mapping is revoked, but the fd Map gave the old tenant could map the VF again once
+    // the driver is unbound: the VF goes to no one else until its resource file is removed.
+    let refused = s
+        .ctl("ag-operator", &["assign", "nic0/vf0", "ag-tenant2"])
+        .fails_with("Busy");
+    assert!(
+        refused.stderr.contains("fd") && refused.stderr.contains("recreate"),
+        "{}",
+        refused.stderr
+    );
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    s.ctl("ag-operator", &["vfs", "nic0", "0", "--force"]).ok();
+    s.ctl("ag-operator", &["vfs", "nic0", "2"]).ok();
     s.ctl("ag-operator", &["assign", "nic0/vf0", "ag-tenant2"])
         .ok();
     let seen = s
         .ctl("ag-tenant2", &["--json", "read", "nic0/vf0", "0x100"])
         .ok();
-    assert_eq!(
-        values_of(&seen),
-        vec![0],
-        "the VF was not reset between tenants"
-    );
+    assert_eq!(values_of(&seen), vec![0], "the recreated VF is not blank");
     s.ctl("ag-tenant2", &["write", "nic0/vf0", "0x100", "0x5a5a"])
         .ok();
     for _ in 0..5 {
@@ -1007,8 +1022,6 @@ fn release_revokes_a_mapping_through_the_vf_driver() {
     .ok();
     assert_eq!(s.obs.read("nic0", "vf0", 0x104, 1, 4).unwrap(), vec![0x77]);
     assert!(s.daemon.alive());
-    let _ = bystander.kill();
-    let _ = bystander.wait();
 }
 
 /// A revoke driver that claims no BAR revokes nothing: the daemon finds out (a new mmap still

@@ -415,7 +415,11 @@ impl Engine {
         // Recorded before the fd leaves: the slice goes to no other tenant until the mapping
         // is revoked (see docs/security.md).
         if let Some(t) = tenant {
-            self.update_state(|st| st.slice_mut(d, s).mapped_by = Some(t))
+            self.update_state(|st| {
+                let entry = st.slice_mut(d, s);
+                entry.mapped_by = Some(t.clone());
+                entry.fd_handed_to = Some(t);
+            })
                 .await?;
         }
         std::fs::OpenOptions::new()
@@ -471,6 +475,15 @@ impl Engine {
                 let entry = st.slice_mut(d, s);
                 match &entry.tenant {
                     Some(t) if *t == tenant => Ok(false),
+                    _ if entry.fd_handed_to.as_ref().is_some_and(|m| *m != tenant) => {
+                        Err(CoreError::Busy(format!(
+                            "{d}/{s}: Map gave its previous tenant an fd of the VF's BAR, and \
+                             that fd can map the VF again whoever has it (a revocation ends \
+                             mappings, not fds); only removing the VF ends it: recreate the \
+                             device's VFs (SetVfCount to 0 and back) before it goes to someone \
+                             else"
+                        )))
+                    }
                     _ if entry.mapped_by.as_ref().is_some_and(|m| *m != tenant) => {
                         Err(CoreError::Busy(format!(
                             "{d}/{s} was mapped by its previous tenant and that mapping may still \
@@ -934,7 +947,17 @@ impl Engine {
             }
         })
         .await?;
-        self.apply_vf_count(&dev, count).await
+        let applied = self.apply_vf_count(&dev, count).await;
+        if applied.is_ok() {
+            // Their resource files went with them: an fd Map handed out maps nothing now.
+            self.update_state(|st| {
+                for s in &disrupted {
+                    st.slice_mut(&d, &s.id).fd_handed_to = None;
+                }
+            })
+            .await?;
+        }
+        applied
     }
 
     fn vf_slices_changed(&self, d: &str, (added, removed): (Vec<String>, Vec<String>)) {
@@ -1705,6 +1728,8 @@ fn forget_hardware_state(st: &mut PersistentState, device: &str, keep_marks: boo
     {
         slice.image_sha256 = None;
         slice.image_in_flux = false;
+        // The function's files are gone, and with them what an fd of them could map.
+        slice.fd_handed_to = None;
         if !keep_marks {
             slice.mapped_by = None;
         }

@@ -54,6 +54,12 @@ pub struct SliceState {
     /// slice goes to no other tenant until its VF is recreated (which clears this).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mapped_by: Option<Tenant>,
+    /// The tenant Map handed an fd of this VF's BAR file. A revocation ends mappings, not that
+    /// fd: after the revoke driver is unbound it can map the BAR again, whoever has the VF by
+    /// then. Only removing the VF's `resourceN` (its VFs recreated, the function leaving the
+    /// bus) ends it, which clears this; until then the slice goes to no other tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fd_handed_to: Option<Tenant>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
