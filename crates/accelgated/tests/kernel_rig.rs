@@ -389,6 +389,19 @@ fn cut_power(out: &Path, point: CutPoint, child: &mut std::process::Child) -> Re
     let target = 1 - selected_slot(&flash);
     let base = SLOT_OFFSETS[target];
     let image_head = &image[..32];
+    // What an earlier cut left in the target slot must not pass for this flash's progress:
+    // an erased header (a cut after the erase) would be taken for this flash's erase, and the
+    // image's first block (a cut mid-image) for its first write, before the flash has begun.
+    // So the slot's first bytes get a pattern that is neither, now: the guest has only just
+    // started accelctl, and the daemon reads and verifies the image before it erases anything.
+    let scrub = std::fs::OpenOptions::new()
+        .write(true)
+        .open(out.join("flash.img"))
+        .and_then(|f| {
+            f.write_all_at(&[0u8; 16], base)?;
+            f.write_all_at(&[0u8; 32], base + ERASE_BLOCK)
+        });
+    scrub.map_err(|e| format!("cannot reset the target slot's first bytes: {e}"))?;
     // The moments last a few milliseconds of guest time, and the machine is shared: the
     // watcher runs real-time (SCHED_FIFO through chrt, as root) while it polls, so a busy
     // host does not leave it off the CPU past the moment; it sleeps 50 us between reads.

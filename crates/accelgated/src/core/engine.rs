@@ -420,7 +420,7 @@ impl Engine {
                 entry.mapped_by = Some(t.clone());
                 entry.fd_handed_to = Some(t);
             })
-                .await?;
+            .await?;
         }
         std::fs::OpenOptions::new()
             .read(true)
