@@ -129,9 +129,14 @@ impl Sriov {
         self.wait_for(n, deadline)
     }
 
+    /// The PF's link to VF `i` (`<pf>/virtfn<i>`), which need not exist.
+    pub fn vf_dir(&self, i: u32) -> PathBuf {
+        self.dir.join(format!("virtfn{i}"))
+    }
+
     /// The function behind `virtfn<i>`.
     pub fn vf(&self, i: u32) -> Result<PciFunction, SriovError> {
-        let link = self.dir.join(format!("virtfn{i}"));
+        let link = self.vf_dir(i);
         let target = std::fs::read_link(&link).map_err(|_| SriovError::NoSuchVf(i))?;
         let bdf = target
             .file_name()

@@ -1,7 +1,10 @@
 //! The runtime model of devices and slices: policy joined with the hardware it names.
 //!
 //! Opening a device maps each declared slice's window once, at start or reload, so a request
-//! never opens files: it finds its `SliceRt` and touches only that window.
+//! never opens files: it finds its `SliceRt` and touches only that window. A VF slice's window
+//! is mapped on its first use instead: a host of 256 devices with 64 VFs each would otherwise
+//! spend most of its start-up opening, reading and mapping 16,384 sets of sysfs files that
+//! few requests ever touch (benches/accelgate.rs, item 5).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -52,6 +55,17 @@ pub enum DeviceError {
          it can no longer be read or written"
     )]
     Gone { device: String, slice: String },
+    #[error(
+        "slice {device}/{slice}: BAR {bar} of its VF is {found} bytes, not the {expected} every \
+         VF of the device has"
+    )]
+    VfBarSize {
+        device: String,
+        slice: String,
+        bar: u8,
+        expected: u64,
+        found: u64,
+    },
     #[error("slice {device}/{slice}: window does not fit BAR {bar}")]
     Window {
         device: String,
@@ -79,40 +93,55 @@ pub struct SliceRt {
     pub device: String,
     pub id: String,
     pub kind: SliceKind,
-    /// The mapped register window; `None` once revoked. A VF's window is revoked (and so
-    /// unmapped) before the VF is removed: on a real kernel an access through a mapping of a
-    /// removed `resourceN` file faults (SIGBUS) and would end the daemon. Accesses hold the
-    /// read lock, so revocation waits for one in flight.
-    window: RwLock<Option<SliceWindow>>,
+    /// The register window. A VF's window is revoked (and so unmapped) before the VF is
+    /// removed: on a real kernel an access through a mapping of a removed `resourceN` file
+    /// faults (SIGBUS) and would end the daemon. Accesses hold the read lock, so revocation
+    /// waits for one in flight.
+    window: RwLock<Window>,
     size: u64,
     /// `[start, end)` in the window, sorted and non-overlapping.
     pub writable: Vec<(u64, u64)>,
     pub loader: Option<LoaderSpec>,
-    /// The BAR resource file of a VF slice, handed out by Map. `None` for windows in a shared
-    /// BAR, which are only ever proxied through Read/Write.
-    pub mappable_resource: Option<PathBuf>,
+    /// The VF behind a VF slice (its BAR is what Map hands out); `None` for windows in a
+    /// shared BAR, which are only ever proxied through Read/Write.
+    vf: Option<VfBar>,
+}
+
+/// Where a slice's window stands.
+enum Window {
+    /// A VF's window before its first use (see [`SliceRt::with_window`]).
+    Unopened,
+    Open(SliceWindow),
+    /// Its function was removed: never mapped again.
+    Revoked,
+}
+
+/// A BAR of one VF, named by the PF's SR-IOV control and the VF's index (its `virtfnN`), so a
+/// slice holds no path of its own.
+struct VfBar {
+    sriov: Arc<Sriov>,
+    index: u32,
+    bar: u8,
+}
+
+impl VfBar {
+    /// `<pf>/virtfnN/resourceB`, reached through the PF's link as the kernel offers it.
+    fn resource(&self) -> PathBuf {
+        self.sriov
+            .vf_dir(self.index)
+            .join(format!("resource{}", self.bar))
+    }
 }
 
 impl SliceRt {
-    fn new(
-        device: &str,
-        id: &str,
-        kind: SliceKind,
-        window: SliceWindow,
-        writable: Vec<(u64, u64)>,
-        loader: Option<LoaderSpec>,
-        mappable_resource: Option<PathBuf>,
-    ) -> SliceRt {
-        SliceRt {
-            device: device.to_owned(),
-            id: id.to_owned(),
-            kind,
-            size: window.size(),
-            window: RwLock::new(Some(window)),
-            writable,
-            loader,
-            mappable_resource,
-        }
+    /// The BAR resource file a VF slice's Map hands out; `None` for windows in a shared BAR.
+    pub fn mappable_resource(&self) -> Option<PathBuf> {
+        self.vf.as_ref().map(VfBar::resource)
+    }
+
+    /// Whether Map may hand out the slice's BAR (a VF slice).
+    pub fn is_mappable(&self) -> bool {
+        self.vf.is_some()
     }
 
     /// The window's size in bytes.
@@ -120,16 +149,84 @@ impl SliceRt {
         self.size
     }
 
-    /// Runs `access` on the window, unless it was revoked (its function removed).
+    /// Runs `access` on the window, unless it was revoked (its function removed). A VF's
+    /// window is mapped here on its first use.
     pub fn with_window<T>(&self, access: impl FnOnce(&SliceWindow) -> T) -> Result<T, DeviceError> {
-        let window = self.window.read().unwrap_or_else(|p| p.into_inner());
-        match window.as_ref() {
-            Some(w) => Ok(access(w)),
-            None => Err(DeviceError::Gone {
+        {
+            let window = self.window.read().unwrap_or_else(|p| p.into_inner());
+            match &*window {
+                Window::Open(w) => return Ok(access(w)),
+                Window::Revoked => return Err(self.gone()),
+                Window::Unopened => {}
+            }
+        }
+        let mut window = self.window.write().unwrap_or_else(|p| p.into_inner());
+        // Another request may have opened or revoked it meanwhile.
+        if let Window::Unopened = &*window {
+            *window = Window::Open(self.open_vf_window()?);
+        }
+        match &*window {
+            Window::Open(w) => Ok(access(w)),
+            Window::Revoked | Window::Unopened => Err(self.gone()),
+        }
+    }
+
+    /// Makes sure the window is mapped (for a VF: memory decoding on, the BAR's size as
+    /// expected), as Map needs before it hands the BAR out.
+    pub fn open_window(&self) -> Result<(), DeviceError> {
+        self.with_window(|_| ())
+    }
+
+    fn gone(&self) -> DeviceError {
+        DeviceError::Gone {
+            device: self.device.clone(),
+            slice: self.id.clone(),
+        }
+    }
+
+    /// Opens and maps a VF slice's BAR, as the start-up once did for every VF.
+    fn open_vf_window(&self) -> Result<SliceWindow, DeviceError> {
+        let Some(vf) = &self.vf else {
+            // Declared slices are mapped when they are made.
+            return Err(self.gone());
+        };
+        let vf_fn = vf.sriov.vf(vf.index).map_err(|source| DeviceError::Sriov {
+            device: self.device.clone(),
+            source,
+        })?;
+        let bar = vf_fn.bar(vf.bar).map_err(|source| DeviceError::Pci {
+            device: self.device.clone(),
+            pci: vf_fn.bdf.to_string(),
+            source,
+        })?;
+        // The writable ranges and the Size property were made for this size.
+        if bar.size != self.size {
+            return Err(DeviceError::VfBarSize {
                 device: self.device.clone(),
                 slice: self.id.clone(),
-            }),
+                bar: vf.bar,
+                expected: self.size,
+                found: bar.size,
+            });
         }
+        if vf_fn.driver.is_none() {
+            // A VF may come up with memory decoding off (QEMU's igb VFs do; on hardware the
+            // PF's SR-IOV control turns it on and the VF's own bit stays 0): its BAR would read
+            // 0 and drop writes, the daemon's and its tenant's alike. A function reset
+            // restores the bit with the rest of the configuration header.
+            match vf_fn.enable_memory() {
+                Ok(true) => tracing::info!(
+                    "{}/{}: memory decoding of {} turned on",
+                    self.device,
+                    self.id,
+                    vf_fn.bdf
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::warn!("{}/{}: {}", self.device, self.id, error_chain(&e)),
+            }
+        }
+        SliceWindow::open(&vf_fn.resource_path(vf.bar), 0, bar.size)
+            .map_err(|source| window_error(&self.device, &self.id, &vf_fn, vf.bar, source))
     }
 
     /// Runs `work` while no access to the window is in flight (e.g. a function reset, during
@@ -142,14 +239,23 @@ impl SliceRt {
     /// Unmaps the window for good, after any access in flight has finished.
     pub fn revoke(&self) {
         let mut window = self.window.write().unwrap_or_else(|p| p.into_inner());
-        *window = None;
+        *window = Window::Revoked;
+    }
+
+    /// Whether the window is mapped now.
+    #[cfg(test)]
+    pub fn is_mapped(&self) -> bool {
+        matches!(
+            *self.window.read().unwrap_or_else(|p| p.into_inner()),
+            Window::Open(_)
+        )
     }
 
     pub fn is_revoked(&self) -> bool {
-        self.window
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_none()
+        matches!(
+            *self.window.read().unwrap_or_else(|p| p.into_inner()),
+            Window::Revoked
+        )
     }
 
     /// Whether `[start, end)` lies inside the union of the writable ranges.
@@ -311,6 +417,11 @@ impl DeviceRt {
             keep
         });
         let mut added = vec![];
+        // Every VF of a PF has the same BAR sizes (the SR-IOV capability declares them once for
+        // all VFs): read from the first VF that needs a slice, checked again for each VF when
+        // its window is first mapped.
+        let mut size = None;
+        let shared = Arc::new(sriov.clone());
         for i in 0..present {
             let id = vf_slice_id(i);
             // A revoked window belonged to a function the kernel recreated: map the new one.
@@ -319,42 +430,43 @@ impl DeviceRt {
                 Some(_) => true,
                 None => false,
             };
-            let vf = sriov.vf(i).map_err(err)?;
-            let bar = vf.bar(vfp.bar).map_err(|source| DeviceError::Pci {
-                device: self.policy.id.clone(),
-                pci: vf.bdf.to_string(),
-                source,
-            })?;
-            if vf.driver.is_none() {
-                // A VF may come up with memory decoding off (QEMU's igb VFs do; on hardware
-                // the PF's SR-IOV control turns it on and the VF's own bit stays 0): its BAR
-                // would read 0 and drop writes, the daemon's and its tenant's alike. A function
-                // reset restores the bit with the rest of the configuration header.
-                match vf.enable_memory() {
-                    Ok(true) => tracing::info!(
-                        "{}/{id}: memory decoding of {} turned on",
-                        self.policy.id,
-                        vf.bdf
-                    ),
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!("{}/{id}: {}", self.policy.id, error_chain(&e)),
+            let size = match size {
+                Some(size) => size,
+                None => {
+                    let vf = sriov.vf(i).map_err(err)?;
+                    let bar = vf.bar(vfp.bar).map_err(|source| DeviceError::Pci {
+                        device: self.policy.id.clone(),
+                        pci: vf.bdf.to_string(),
+                        source,
+                    })?;
+                    if bar.size == 0 {
+                        return Err(DeviceError::Window {
+                            device: self.policy.id.clone(),
+                            slice: id,
+                            bar: vfp.bar,
+                            source: WindowError::EmptyWindow,
+                        });
+                    }
+                    *size.insert(bar.size)
                 }
-            }
-            let resource = vf.resource_path(vfp.bar);
-            let window = SliceWindow::open(&resource, 0, bar.size)
-                .map_err(|source| window_error(&self.policy.id, &id, &vf, vfp.bar, source))?;
-            let writable = vfp.writable.clone().unwrap_or_else(|| vec![(0, bar.size)]);
+            };
+            let writable = vfp.writable.clone().unwrap_or_else(|| vec![(0, size)]);
             slices.insert(
                 id.clone(),
-                Arc::new(SliceRt::new(
-                    &self.policy.id,
-                    &id,
-                    SliceKind::Vf,
-                    window,
+                Arc::new(SliceRt {
+                    device: self.policy.id.clone(),
+                    id: id.clone(),
+                    kind: SliceKind::Vf,
+                    window: RwLock::new(Window::Unopened),
+                    size,
                     writable,
-                    None,
-                    Some(resource),
-                )),
+                    loader: None,
+                    vf: Some(VfBar {
+                        sriov: shared.clone(),
+                        index: i,
+                        bar: vfp.bar,
+                    }),
+                }),
             );
             if !recreated {
                 added.push(id);
@@ -383,15 +495,16 @@ fn open_declared_slice(
     }
     let window = SliceWindow::open(&pci.resource_path(sp.bar), sp.offset, sp.size)
         .map_err(|source| window_error(device, &sp.id, pci, sp.bar, source))?;
-    Ok(SliceRt::new(
-        device,
-        &sp.id,
-        sp.kind,
-        window,
-        sp.writable.clone(),
-        sp.loader.clone(),
-        None,
-    ))
+    Ok(SliceRt {
+        device: device.to_owned(),
+        id: sp.id.clone(),
+        kind: sp.kind,
+        size: window.size(),
+        window: RwLock::new(Window::Open(window)),
+        writable: sp.writable.clone(),
+        loader: sp.loader.clone(),
+        vf: None,
+    })
 }
 
 /// A window that cannot be mapped because a kernel driver owns the BAR says which driver.

@@ -348,7 +348,7 @@ impl Engine {
         if dev.is_removed() {
             return Err(removed_error(&dev.policy.id, &dev.policy.pci));
         }
-        let Some(resource) = &slice.mappable_resource else {
+        let Some(resource) = slice.mappable_resource() else {
             return Err(self.deny_by_limit(
                 auth,
                 CoreError::InvalidArgument(format!(
@@ -374,6 +374,11 @@ impl Engine {
         }
         let _busy = self.claim(auth.target(), auth)?;
         self.recheck_at_use(auth)?;
+        // A VF's window is mapped on first use, which also turns its memory decoding on: the
+        // BAR handed out must answer as the daemon's own window does.
+        slice
+            .open_window()
+            .map_err(|e| CoreError::Failed(error_chain(&e)))?;
         let (d, s) = (
             auth.target().device().unwrap_or_default(),
             auth.target().slice().unwrap_or_default(),
@@ -518,7 +523,7 @@ impl Engine {
         slice: &Arc<SliceRt>,
     ) -> Result<(), CoreError> {
         let Some(function) = slice
-            .mappable_resource
+            .mappable_resource()
             .as_ref()
             .and_then(|r| r.parent())
             .map(|f| f.to_path_buf())
