@@ -376,9 +376,7 @@ impl Engine {
         self.recheck_at_use(auth)?;
         // A VF's window is mapped on first use, which also turns its memory decoding on: the
         // BAR handed out must answer as the daemon's own window does.
-        slice
-            .open_window()
-            .map_err(|e| CoreError::Failed(error_chain(&e)))?;
+        slice.open_window().map_err(gone)?;
         let (d, s) = (
             auth.target().device().unwrap_or_default(),
             auth.target().slice().unwrap_or_default(),
@@ -1507,5 +1505,9 @@ fn open_devices(hw: &HwRoot, policy: &RolePolicy) -> BTreeMap<String, Arc<Device
 
 /// A slice whose function was removed while a request held it: NotFound, saying why.
 fn gone(e: super::devices::DeviceError) -> CoreError {
-    CoreError::NotFound(e.to_string())
+    match e {
+        super::devices::DeviceError::Gone { .. } => CoreError::NotFound(e.to_string()),
+        // A VF's window is mapped on its first use, which can fail as any opening can.
+        other => CoreError::Failed(error_chain(&other)),
+    }
 }
