@@ -129,16 +129,25 @@ impl Sriov {
         self.wait_for(n, deadline)
     }
 
+    /// The PF's link to VF `i` (`<pf>/virtfn<i>`), which need not exist.
+    pub fn vf_dir(&self, i: u32) -> PathBuf {
+        self.dir.join(format!("virtfn{i}"))
+    }
+
     /// The function behind `virtfn<i>`.
     pub fn vf(&self, i: u32) -> Result<PciFunction, SriovError> {
-        let link = self.dir.join(format!("virtfn{i}"));
-        let target = std::fs::read_link(&link).map_err(|_| SriovError::NoSuchVf(i))?;
+        let bdf = self.vf_bdf(i)?;
+        PciFunction::open_dir(bdf, self.vf_dir(i)).map_err(SriovError::Vf)
+    }
+
+    /// The address of the function behind `virtfn<i>`, from the link alone.
+    pub fn vf_bdf(&self, i: u32) -> Result<PciBdf, SriovError> {
+        let target = std::fs::read_link(self.vf_dir(i)).map_err(|_| SriovError::NoSuchVf(i))?;
         let bdf = target
             .file_name()
             .and_then(|name| name.to_str())
             .ok_or(SriovError::BadVfLink { index: i })?;
-        let bdf = PciBdf::parse(bdf).map_err(|_| SriovError::BadVfLink { index: i })?;
-        PciFunction::open_dir(bdf, link).map_err(SriovError::Vf)
+        PciBdf::parse(bdf).map_err(|_| SriovError::BadVfLink { index: i })
     }
 
     fn read_count(&self, name: &str) -> Result<u32, SriovError> {

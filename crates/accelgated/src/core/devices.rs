@@ -1,7 +1,10 @@
 //! The runtime model of devices and slices: policy joined with the hardware it names.
 //!
 //! Opening a device maps each declared slice's window once, at start or reload, so a request
-//! never opens files: it finds its `SliceRt` and touches only that window.
+//! never opens files: it finds its `SliceRt` and touches only that window. A VF slice's window
+//! is mapped on its first use instead: a host of 256 devices with 64 VFs each would otherwise
+//! spend most of its start-up opening, reading and mapping 16,384 sets of sysfs files that
+//! few requests ever touch (benches/accelgate.rs, item 5).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -66,6 +69,17 @@ pub enum DeviceError {
         slice: String,
         reason: String,
     },
+    #[error(
+        "slice {device}/{slice}: BAR {bar} of its VF is {found} bytes, not the {expected} every \
+         VF of the device has"
+    )]
+    VfBarSize {
+        device: String,
+        slice: String,
+        bar: u8,
+        expected: u64,
+        found: u64,
+    },
     #[error("slice {device}/{slice}: window does not fit BAR {bar}")]
     Window {
         device: String,
@@ -93,8 +107,8 @@ pub struct SliceRt {
     pub device: String,
     pub id: String,
     pub kind: SliceKind,
-    /// The mapped register window, unless revoked. A VF's window is revoked (and so
-    /// unmapped) before the VF is removed, and taken out while the VF is handed over: on a
+    /// The register window: a VF's is mapped on its first use. A VF's window is revoked (and
+    /// so unmapped) before the VF is removed, and taken out while the VF is handed over: on a
     /// real kernel an access through a mapping of a removed `resourceN` file faults
     /// (SIGBUS), and so does one through a mapping a driver's claim revoked, either of which
     /// would end the daemon. Accesses hold the read lock, so both wait for one in flight.
@@ -103,46 +117,63 @@ pub struct SliceRt {
     /// `[start, end)` in the window, sorted and non-overlapping.
     pub writable: Vec<(u64, u64)>,
     pub loader: Option<LoaderSpec>,
-    /// The BAR resource file of a VF slice, handed out by Map. `None` for windows in a shared
-    /// BAR, which are only ever proxied through Read/Write.
-    pub mappable_resource: Option<PathBuf>,
-    /// The PCI function of a VF slice.
-    pub function: Option<PciBdf>,
+    /// The VF behind a VF slice (its BAR is what Map hands out); `None` for windows in a
+    /// shared BAR, which are only ever proxied through Read/Write.
+    vf: Option<VfBar>,
 }
 
 /// Where a slice's register window stands.
 enum WindowState {
+    /// A VF's window before its first use (see [`SliceRt::with_window`]).
+    Unopened,
     Mapped(SliceWindow),
     /// Taken out while the VF is handed over to the next tenant (see [`SliceRt::hand_over`]).
     HandingOver,
     /// Mapping the VF again after a hand-over failed.
     Unmapped(String),
-    /// The function was removed.
+    /// The function was removed: never mapped again.
     Revoked,
 }
 
+/// A BAR of one VF, named by the PF's SR-IOV control and the VF's index (its `virtfnN`), so a
+/// slice holds no path of its own.
+struct VfBar {
+    sriov: Arc<Sriov>,
+    index: u32,
+    bar: u8,
+}
+
+impl VfBar {
+    /// `<pf>/virtfnN/resourceB`, reached through the PF's link as the kernel offers it.
+    fn resource(&self) -> PathBuf {
+        self.sriov
+            .vf_dir(self.index)
+            .join(format!("resource{}", self.bar))
+    }
+}
+
 impl SliceRt {
-    fn new(
-        device: &str,
-        id: &str,
-        kind: SliceKind,
-        window: SliceWindow,
-        writable: Vec<(u64, u64)>,
-        loader: Option<LoaderSpec>,
-        vf: Option<(PathBuf, PciBdf)>,
-    ) -> SliceRt {
-        let (mappable_resource, function) = vf.unzip();
-        SliceRt {
-            device: device.to_owned(),
-            id: id.to_owned(),
-            kind,
-            size: window.size(),
-            window: RwLock::new(WindowState::Mapped(window)),
-            writable,
-            loader,
-            mappable_resource,
-            function,
-        }
+    /// The BAR resource file a VF slice's Map hands out; `None` for windows in a shared BAR.
+    pub fn mappable_resource(&self) -> Option<PathBuf> {
+        self.vf.as_ref().map(VfBar::resource)
+    }
+
+    /// Whether Map may hand out the slice's BAR (a VF slice).
+    pub fn is_mappable(&self) -> bool {
+        self.vf.is_some()
+    }
+
+    /// The PCI address of a VF slice's function, read from its PF's `virtfnN` link.
+    pub fn vf_function(&self) -> Result<PciBdf, DeviceError> {
+        let Some(vf) = &self.vf else {
+            return Err(self.gone());
+        };
+        vf.sriov
+            .vf_bdf(vf.index)
+            .map_err(|source| DeviceError::Sriov {
+                device: self.device.clone(),
+                source,
+            })
     }
 
     /// The window's size in bytes.
@@ -151,11 +182,31 @@ impl SliceRt {
     }
 
     /// Runs `access` on the window, unless it was revoked (its function removed) or is out
-    /// for a hand-over.
+    /// for a hand-over. A VF's window is mapped here on its first use.
     pub fn with_window<T>(&self, access: impl FnOnce(&SliceWindow) -> T) -> Result<T, DeviceError> {
-        let window = self.window.read().unwrap_or_else(|p| p.into_inner());
+        {
+            let window = self.window.read().unwrap_or_else(|p| p.into_inner());
+            match &*window {
+                WindowState::Unopened => {}
+                other => return self.access(other, access),
+            }
+        }
+        let mut window = self.window.write().unwrap_or_else(|p| p.into_inner());
+        // Another request may have opened, revoked or taken it for a hand-over meanwhile.
+        if let WindowState::Unopened = &*window {
+            *window = WindowState::Mapped(self.open_vf_window()?);
+        }
+        self.access(&window, access)
+    }
+
+    /// `access` on a mapped window; otherwise why there is none.
+    fn access<T>(
+        &self,
+        window: &WindowState,
+        access: impl FnOnce(&SliceWindow) -> T,
+    ) -> Result<T, DeviceError> {
         let (device, slice) = (self.device.clone(), self.id.clone());
-        match &*window {
+        match window {
             WindowState::Mapped(w) => Ok(access(w)),
             WindowState::HandingOver => Err(DeviceError::HandingOver { device, slice }),
             WindowState::Unmapped(reason) => Err(DeviceError::Unmapped {
@@ -163,22 +214,84 @@ impl SliceRt {
                 slice,
                 reason: reason.clone(),
             }),
-            WindowState::Revoked => Err(DeviceError::Gone { device, slice }),
+            // Unopened only if a declared slice had no window, which cannot be.
+            WindowState::Revoked | WindowState::Unopened => Err(self.gone()),
         }
+    }
+
+    /// Makes sure the window is mapped (for a VF: memory decoding on, the BAR's size as
+    /// expected), as Map needs before it hands the BAR out.
+    pub fn open_window(&self) -> Result<(), DeviceError> {
+        self.with_window(|_| ())
+    }
+
+    fn gone(&self) -> DeviceError {
+        DeviceError::Gone {
+            device: self.device.clone(),
+            slice: self.id.clone(),
+        }
+    }
+
+    /// Opens and maps a VF slice's BAR, as the start-up once did for every VF.
+    fn open_vf_window(&self) -> Result<SliceWindow, DeviceError> {
+        let Some(vf) = &self.vf else {
+            // Declared slices are mapped when they are made.
+            return Err(self.gone());
+        };
+        let vf_fn = vf.sriov.vf(vf.index).map_err(|source| DeviceError::Sriov {
+            device: self.device.clone(),
+            source,
+        })?;
+        let bar = vf_fn.bar(vf.bar).map_err(|source| DeviceError::Pci {
+            device: self.device.clone(),
+            pci: vf_fn.bdf.to_string(),
+            source,
+        })?;
+        // The writable ranges and the Size property were made for this size.
+        if bar.size != self.size {
+            return Err(DeviceError::VfBarSize {
+                device: self.device.clone(),
+                slice: self.id.clone(),
+                bar: vf.bar,
+                expected: self.size,
+                found: bar.size,
+            });
+        }
+        if vf_fn.driver.is_none() {
+            // A VF may come up with memory decoding off (QEMU's igb VFs do; on hardware the
+            // PF's SR-IOV control turns it on and the VF's own bit stays 0): its BAR would read
+            // 0 and drop writes, the daemon's and its tenant's alike. A function reset
+            // restores the bit with the rest of the configuration header.
+            match vf_fn.enable_memory() {
+                Ok(true) => tracing::info!(
+                    "{}/{}: memory decoding of {} turned on",
+                    self.device,
+                    self.id,
+                    vf_fn.bdf
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::warn!("{}/{}: {}", self.device, self.id, error_chain(&e)),
+            }
+        }
+        SliceWindow::open(&vf_fn.resource_path(vf.bar), 0, bar.size)
+            .map_err(|source| window_error(&self.device, &self.id, &vf_fn, vf.bar, source))
     }
 
     /// Hands a VF over: the window is unmapped (after any access in flight has finished) and
     /// requests are answered "being handed over" while `work` runs without holding any lock;
-    /// `work` gives the new window, or why there is none.
+    /// then the window is mapped afresh at once (memory decoding on, as on a first use), or
+    /// left `Unmapped` saying why it could not be.
     ///
     /// The daemon's own mapping has to go first: binding a driver that claims the BAR revokes
-    /// it too, and the next access through it would fault (SIGBUS) and end the daemon.
-    pub fn hand_over<T>(&self, work: impl FnOnce() -> (Result<SliceWindow, String>, T)) -> T {
+    /// it too, and the next access through it would fault (SIGBUS) and end the daemon. A
+    /// window not yet opened is taken out the same way, so no first use maps it meanwhile.
+    pub fn hand_over<T>(&self, work: impl FnOnce() -> T) -> T {
         {
             let mut window = self.window.write().unwrap_or_else(|p| p.into_inner());
             *window = WindowState::HandingOver;
         }
-        let (mapped, result) = work();
+        let result = work();
+        let mapped = self.open_vf_window().map_err(|e| error_chain(&e));
         let mut window = self.window.write().unwrap_or_else(|p| p.into_inner());
         // A VF removed meanwhile stays revoked (the removal holds the slice's busy lock, so
         // this does not happen today; kept safe regardless).
@@ -202,6 +315,15 @@ impl SliceRt {
     pub fn revoke(&self) {
         let mut window = self.window.write().unwrap_or_else(|p| p.into_inner());
         *window = WindowState::Revoked;
+    }
+
+    /// Whether the window is mapped now.
+    #[cfg(test)]
+    pub fn is_mapped(&self) -> bool {
+        matches!(
+            *self.window.read().unwrap_or_else(|p| p.into_inner()),
+            WindowState::Mapped(_)
+        )
     }
 
     /// Whether the window was unmapped for good, or lost in a failed hand-over: either way a
@@ -372,6 +494,11 @@ impl DeviceRt {
             keep
         });
         let mut added = vec![];
+        // Every VF of a PF has the same BAR sizes (the SR-IOV capability declares them once for
+        // all VFs): read from the first VF that needs a slice, checked again for each VF when
+        // its window is first mapped.
+        let mut size = None;
+        let shared = Arc::new(sriov.clone());
         for i in 0..present {
             let id = vf_slice_id(i);
             // A revoked window belonged to a function the kernel recreated: map the new one.
@@ -380,42 +507,43 @@ impl DeviceRt {
                 Some(_) => true,
                 None => false,
             };
-            let vf = sriov.vf(i).map_err(err)?;
-            let bar = vf.bar(vfp.bar).map_err(|source| DeviceError::Pci {
-                device: self.policy.id.clone(),
-                pci: vf.bdf.to_string(),
-                source,
-            })?;
-            if vf.driver.is_none() {
-                // A VF may come up with memory decoding off (QEMU's igb VFs do; on hardware
-                // the PF's SR-IOV control turns it on and the VF's own bit stays 0): its BAR
-                // would read 0 and drop writes, the daemon's and its tenant's alike. A function
-                // reset restores the bit with the rest of the configuration header.
-                match vf.enable_memory() {
-                    Ok(true) => tracing::info!(
-                        "{}/{id}: memory decoding of {} turned on",
-                        self.policy.id,
-                        vf.bdf
-                    ),
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!("{}/{id}: {}", self.policy.id, error_chain(&e)),
+            let size = match size {
+                Some(size) => size,
+                None => {
+                    let vf = sriov.vf(i).map_err(err)?;
+                    let bar = vf.bar(vfp.bar).map_err(|source| DeviceError::Pci {
+                        device: self.policy.id.clone(),
+                        pci: vf.bdf.to_string(),
+                        source,
+                    })?;
+                    if bar.size == 0 {
+                        return Err(DeviceError::Window {
+                            device: self.policy.id.clone(),
+                            slice: id,
+                            bar: vfp.bar,
+                            source: WindowError::EmptyWindow,
+                        });
+                    }
+                    *size.insert(bar.size)
                 }
-            }
-            let resource = vf.resource_path(vfp.bar);
-            let window = SliceWindow::open(&resource, 0, bar.size)
-                .map_err(|source| window_error(&self.policy.id, &id, &vf, vfp.bar, source))?;
-            let writable = vfp.writable.clone().unwrap_or_else(|| vec![(0, bar.size)]);
+            };
+            let writable = vfp.writable.clone().unwrap_or_else(|| vec![(0, size)]);
             slices.insert(
                 id.clone(),
-                Arc::new(SliceRt::new(
-                    &self.policy.id,
-                    &id,
-                    SliceKind::Vf,
-                    window,
+                Arc::new(SliceRt {
+                    device: self.policy.id.clone(),
+                    id: id.clone(),
+                    kind: SliceKind::Vf,
+                    window: RwLock::new(WindowState::Unopened),
+                    size,
                     writable,
-                    None,
-                    Some((resource, vf.bdf.clone())),
-                )),
+                    loader: None,
+                    vf: Some(VfBar {
+                        sriov: shared.clone(),
+                        index: i,
+                        bar: vfp.bar,
+                    }),
+                }),
             );
             if !recreated {
                 added.push(id);
@@ -444,15 +572,16 @@ fn open_declared_slice(
     }
     let window = SliceWindow::open(&pci.resource_path(sp.bar), sp.offset, sp.size)
         .map_err(|source| window_error(device, &sp.id, pci, sp.bar, source))?;
-    Ok(SliceRt::new(
-        device,
-        &sp.id,
-        sp.kind,
-        window,
-        sp.writable.clone(),
-        sp.loader.clone(),
-        None,
-    ))
+    Ok(SliceRt {
+        device: device.to_owned(),
+        id: sp.id.clone(),
+        kind: sp.kind,
+        size: window.size(),
+        window: RwLock::new(WindowState::Mapped(window)),
+        writable: sp.writable.clone(),
+        loader: sp.loader.clone(),
+        vf: None,
+    })
 }
 
 /// A window that cannot be mapped because a kernel driver owns the BAR says which driver.

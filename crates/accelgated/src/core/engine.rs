@@ -10,8 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use accelgate_hw::{
-    FwUpload, HwRoot, PciAction, PciBdf, PciError, PciFunction, PciUevent, RevokeError, Revoked,
-    SliceWindow, Width,
+    FwUpload, HwRoot, PciAction, PciBdf, PciError, PciUevent, RevokeError, Revoked, Width,
 };
 use accelgate_policy::{FirmwarePolicy, LoaderSpec, RolePolicy, SliceKind};
 use accelgate_proto::Operation;
@@ -364,7 +363,7 @@ impl Engine {
         if dev.is_removed() {
             return Err(removed_error(&dev.policy.id, &dev.policy.pci));
         }
-        let Some(resource) = &slice.mappable_resource else {
+        let Some(resource) = slice.mappable_resource() else {
             return Err(self.deny_by_limit(
                 auth,
                 CoreError::InvalidArgument(format!(
@@ -391,6 +390,9 @@ impl Engine {
             ));
         }
         self.recheck_at_use(auth)?;
+        // A VF's window is mapped on first use, which also turns its memory decoding on: the
+        // BAR handed out must answer as the daemon's own window does.
+        slice.open_window().map_err(gone)?;
         let (d, s) = (
             auth.target().device().unwrap_or_default(),
             auth.target().slice().unwrap_or_default(),
@@ -525,7 +527,7 @@ impl Engine {
         // A mapped VF whose device has a revoke driver is handed over: its mappings revoked,
         // the function reset, the daemon's window mapped afresh. Also when it has no tenant
         // any more (an earlier revocation failed): a retried Release tries again.
-        let revocable = mapped && revoke_driver(&dev).is_some() && slice.function.is_some();
+        let revocable = mapped && revoke_driver(&dev).is_some() && slice.is_mappable();
         if !assigned && !revocable {
             return Ok(());
         }
@@ -575,21 +577,21 @@ impl Engine {
         s: &str,
         slice: &Arc<SliceRt>,
     ) -> Result<Option<HandedOver>, CoreError> {
-        let (Some(driver), Some(resource), Some(bdf)) = (
-            revoke_driver(dev),
-            slice.mappable_resource.clone(),
-            slice.function.clone(),
-        ) else {
+        let (Some(driver), Some(resource)) = (revoke_driver(dev), slice.mappable_resource()) else {
             return Ok(None);
         };
         let Some(function_dir) = resource.parent().map(std::path::Path::to_path_buf) else {
             return Ok(None);
         };
         let bar = dev.policy.vfs.as_ref().map_or(0, |v| v.bar);
-        let (hw, worker, size) = (self.hw.clone(), slice.clone(), slice.size());
+        let (hw, worker) = (self.hw.clone(), slice.clone());
         let started = std::time::Instant::now();
         let handed = tokio::task::spawn_blocking(move || {
-            worker.hand_over(|| {
+            // The slice holds no address of its own (its window is mapped on first use).
+            let bdf = worker.vf_function()?;
+            // The window is mapped afresh at once when `hand_over` ends (memory decoding on
+            // again: the driver's probe and remove may leave it off).
+            Ok(worker.hand_over(|| {
                 let revoked = accelgate_hw::revoke_bar_mappings(
                     &hw,
                     &function_dir,
@@ -601,26 +603,16 @@ impl Engine {
                 // Between tenants in any case; after the revocation, so nothing an old
                 // mapping stored before it survives.
                 let reset = accelgate_hw::reset_function(&function_dir, RESET_TIMEOUT);
-                // The driver's probe and remove may leave memory decoding off (the function
-                // reset restores the header as it was): on again, as when the VF was made.
-                if let Ok(vf) = PciFunction::open_dir(bdf, function_dir) {
-                    if vf.driver.is_none() {
-                        let _ = vf.enable_memory();
-                    }
+                HandedOver {
+                    revoked,
+                    reset,
+                    driver,
                 }
-                let window = SliceWindow::open(&resource, 0, size).map_err(|e| error_chain(&e));
-                (
-                    window,
-                    HandedOver {
-                        revoked,
-                        reset,
-                        driver,
-                    },
-                )
-            })
+            }))
         })
         .await
-        .map_err(CoreError::Task)?;
+        .map_err(CoreError::Task)?
+        .map_err(gone)?;
         match &handed.revoked {
             Ok(times) => tracing::info!(
                 "{d}/{s}: every mapping of its BAR revoked through {} (bound in {:?}, unbound in \
@@ -682,7 +674,7 @@ impl Engine {
         slice: &Arc<SliceRt>,
     ) -> Result<(), CoreError> {
         let Some(function) = slice
-            .mappable_resource
+            .mappable_resource()
             .as_ref()
             .and_then(|r| r.parent())
             .map(|f| f.to_path_buf())
@@ -1755,13 +1747,16 @@ fn open_devices(hw: &HwRoot, policy: &RolePolicy) -> BTreeMap<String, Arc<Device
 }
 
 /// A slice whose function was removed while a request held it: NotFound, saying why; one
-/// being handed over: Busy; one left without a window: Failed.
+/// being handed over: Busy; one without a window (left so by a hand-over, or failing to map
+/// on first use): Failed.
 fn gone(e: super::devices::DeviceError) -> CoreError {
     use super::devices::DeviceError;
     match e {
+        DeviceError::Gone { .. } => CoreError::NotFound(e.to_string()),
         DeviceError::HandingOver { .. } => CoreError::Busy(e.to_string()),
-        DeviceError::Unmapped { .. } => CoreError::Failed(e.to_string()),
-        _ => CoreError::NotFound(e.to_string()),
+        // Left without a window by a hand-over, or a VF's window failed to map on its first
+        // use (as any opening can).
+        other => CoreError::Failed(error_chain(&other)),
     }
 }
 

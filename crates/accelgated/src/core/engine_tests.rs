@@ -395,6 +395,48 @@ async fn vf_count_changes_add_and_remove_slices_and_assigned_vfs_need_force() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vf_window_is_mapped_on_first_use_with_memory_decoding_on() {
+    let r = rig("lazyvf").await;
+    r.engine
+        .set_vf_count(&root(), Target::Device("nic0".into()), 2, false)
+        .await
+        .unwrap();
+    let slice = r.engine.device("nic0").unwrap().slice("vf1").unwrap();
+    assert!(!slice.is_mapped(), "mapped before anyone used it");
+    let resource = slice.mappable_resource().unwrap();
+    assert!(resource.ends_with("virtfn1/resource0"), "{resource:?}");
+    // As QEMU's igb VFs come up: memory decoding off.
+    let config = resource.parent().unwrap().join("config");
+    let mut header = std::fs::read(&config).unwrap();
+    header[4] &= !0x2;
+    std::fs::write(&config, &header).unwrap();
+    let size = slice.with_window(|w| w.size()).unwrap();
+    assert_eq!(size, slice.size());
+    assert!(slice.is_mapped());
+    assert_eq!(
+        std::fs::read(&config).unwrap()[4] & 0x2,
+        0x2,
+        "decoding stayed off"
+    );
+    // A hand-over takes out even a window never used (no first use maps it meanwhile) and
+    // maps it afresh at once when it ends.
+    let unused = r.engine.device("nic0").unwrap().slice("vf0").unwrap();
+    assert!(!unused.is_mapped());
+    let during = unused.hand_over(|| unused.with_window(|_| ()).map_err(|e| e.to_string()));
+    let during = during.unwrap_err();
+    assert!(during.contains("being handed over"), "{during}");
+    assert!(unused.is_mapped(), "not mapped afresh after the hand-over");
+    // Revoked before the VFs go: not mapped again, not even on use.
+    r.engine
+        .set_vf_count(&root(), Target::Device("nic0".into()), 0, false)
+        .await
+        .unwrap();
+    assert!(slice.is_revoked());
+    assert!(slice.with_window(|_| ()).is_err());
+    assert!(!slice.is_mapped());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configure_refuses_while_slices_are_assigned_and_flash_refuses_unsigned() {
     let r = rig("configure").await;
     let nic = || Target::Device("nic0".into());

@@ -411,7 +411,7 @@ impl SliceObject {
 
     #[zbus(property)]
     fn mappable(&self) -> fdo::Result<bool> {
-        Ok(self.rt()?.mappable_resource.is_some())
+        Ok(self.rt()?.is_mappable())
     }
 
     /// Writable ranges as (start, end) offsets in the slice, end exclusive.
