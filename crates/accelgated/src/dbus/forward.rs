@@ -94,9 +94,10 @@ async fn forward(ctx: &Arc<BusContext>, event: Event) {
                 exported.remove(&path);
             }
         }
-        Event::DevicePresence { .. } => {
-            // The device and its slices are exported or removed (InterfacesAdded/Removed)
-            // and the Manager's Devices property follows.
+        Event::DevicePresence { .. } | Event::PolicyReloaded { .. } => {
+            // The devices and slices are exported or removed (InterfacesAdded/Removed) and the
+            // Manager's properties follow: Devices, and after a reload PolicyRevision.
+            let reloaded = matches!(event, Event::PolicyReloaded { .. });
             export_all(ctx).await;
             if let Ok(iface) = ctx
                 .conn
@@ -105,19 +106,9 @@ async fn forward(ctx: &Arc<BusContext>, event: Event) {
                 .await
             {
                 let obj = iface.get().await;
-                let _ = obj.devices_changed(iface.signal_emitter()).await;
-            }
-        }
-        Event::PolicyReloaded { .. } => {
-            export_all(ctx).await;
-            if let Ok(iface) = ctx
-                .conn
-                .object_server()
-                .interface::<_, ManagerObject>(ROOT_PATH)
-                .await
-            {
-                let obj = iface.get().await;
-                let _ = obj.policy_revision_changed(iface.signal_emitter()).await;
+                if reloaded {
+                    let _ = obj.policy_revision_changed(iface.signal_emitter()).await;
+                }
                 let _ = obj.devices_changed(iface.signal_emitter()).await;
             }
         }
