@@ -82,6 +82,20 @@ uploaded() {
 }
 sha() { sha256sum | cut -d' ' -f1; }
 vf_bdf() { readlink "$SYS/bus/pci/devices/$1/virtfn$2" | sed 's|.*/||'; }
+# holder_sigbus PID STILL-RUNNING-MESSAGE [OUTPUT]: waits up to 5 s for a mapping holder
+# (su's child) to end; it must end of SIGBUS (su's status 135). Its status goes in $hrc.
+holder_sigbus() {
+  i=0
+  while kill -0 "$1" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+  if kill -0 "$1" 2>/dev/null; then
+    ok="$ok $2;"
+    kill "$1" 2>/dev/null
+  fi
+  wait "$1" 2>/dev/null
+  hrc=$?
+  [ $hrc -eq 135 ] ||
+    ok="$ok the holder ended with status $hrc, not 135 (SIGBUS)${3:+: $(tr '\n' ' ' <"$3" | cut -c1-200)};"
+}
 check() { # check NAME CONDITION-DESCRIPTION: pass if $ok is empty, else fail with $ok
   if [ -z "$ok" ]; then pass "$1" "$2"; else fail "$1" "$ok"; fi
 }
@@ -251,15 +265,7 @@ if only_on kernel vf-map-after-removal "it measures what the kernel does to a re
   echo "$out" | grep -qi $VAL || ok="$ok the old mapping does not reach the new VF: the admin reads $out;"
   # Release of the marked VF revokes the mapping through igbvf (vf-revoke-by-driver).
   ctl root release igb0/vf1 || ok="$ok release (revocation): $out;"
-  i=0
-  while kill -0 $hpid 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
-  if kill -0 $hpid 2>/dev/null; then
-    ok="$ok the holder survived the revocation;"
-    kill $hpid 2>/dev/null
-  fi
-  wait $hpid 2>/dev/null
-  hrc=$?
-  [ $hrc -eq 135 ] || ok="$ok the holder ended with status $hrc, not 135 (SIGBUS);"
+  holder_sigbus $hpid "the holder survived the revocation"
   ctl root assign igb0/vf1 ag-tenant2 || ok="$ok assign to tenant2: $out;"
   ctl ag-tenant2 write igb0/vf1 $REG 0 || ok="$ok tenant2 write after the holder: $out;"
   sleep 0.3
@@ -298,15 +304,7 @@ echo "$out" | grep -qi $VAL || ok="$ok the holder's stores do not land: $out $(c
 t0=$(cut -d' ' -f1 /proc/uptime)
 ctl ag-operator release igb0/vf1 || ok="$ok release: $out;"
 t1=$(cut -d' ' -f1 /proc/uptime)
-i=0
-while kill -0 $hpid 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
-if kill -0 $hpid 2>/dev/null; then
-  ok="$ok the holder still runs 5 s after the Release;"
-  kill $hpid 2>/dev/null
-fi
-wait $hpid 2>/dev/null
-hrc=$?
-[ $hrc -eq 135 ] || ok="$ok the holder ended with status $hrc, not 135 (SIGBUS): $(tr '\n' ' ' <$WORK/revoke-hold.out | cut -c1-200);"
+holder_sigbus $hpid "the holder still runs 5 s after the Release" $WORK/revoke-hold.out
 drv=$(readlink "$SYS/bus/pci/devices/$vf1/driver")
 [ -z "$drv" ] || ok="$ok $vf1 is left bound to ${drv##*/};"
 # The mapping is gone, but the fd Map gave ag-tenant1 could map vf1 again once igbvf is
