@@ -108,7 +108,8 @@ async fn dispatch(cli: &Cli) -> Result<(), CliError> {
             write,
             offset,
             hold,
-        } => map_test(client, slice, *write, *offset, *hold, json).await,
+            keep_fd,
+        } => map_test(client, slice, *write, *offset, (*hold, *keep_fd), json).await,
         Command::Program { slice, image } => {
             let image = SealedImage::from_path(image)?;
             let job = client.program(&slice.device, &slice.slice, &image).await?;
@@ -403,7 +404,7 @@ async fn map_test(
     slice: &SliceArg,
     write: Option<u64>,
     offset: u64,
-    hold: bool,
+    (hold, keep_fd): (bool, bool),
     json: bool,
 ) -> Result<(), CliError> {
     let fd = client.map(&slice.device, &slice.slice).await?;
@@ -449,7 +450,53 @@ async fn map_test(
             file_len,
             hex(value, 4)
         )
-    })
+    })?;
+    if keep_fd {
+        drop(window);
+        remap_on_each_line(fd.as_fd(), file_len.min(4096), access)?;
+    }
+    Ok(())
+}
+
+/// `map-test --keep-fd`: the mapping is gone, the fd stays; each line on standard input maps
+/// the fd again and says what the kernel answered. A revocation ends mappings, not fds: this
+/// shows what a former tenant that kept its fd could still reach, e.g. after the VFs were
+/// recreated (the kernel refuses operations on a removed sysfs file's fds).
+fn remap_on_each_line(
+    fd: std::os::fd::BorrowedFd<'_>,
+    len: u64,
+    access: Access,
+) -> Result<(), CliError> {
+    let mut line = String::new();
+    let mut out = std::io::stdout().lock();
+    loop {
+        line.clear();
+        if std::io::stdin()
+            .read_line(&mut line)
+            .map_err(CliError::Stdin)?
+            == 0
+        {
+            return Ok(());
+        }
+        let answer = match SliceWindow::map_fd(fd, Path::new("the kept fd"), 0, len, access) {
+            Ok(window) => match window.read(0, 1, Width::U32) {
+                Ok(v) => format!("remap: mapped, first register {}", hex(v[0], 4)),
+                Err(e) => format!("remap: mapped, read failed: {e}"),
+            },
+            Err(e) => {
+                let mut why = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(inner) = source {
+                    why.push_str(&format!(": {inner}"));
+                    source = inner.source();
+                }
+                format!("remap: refused: {why}")
+            }
+        };
+        writeln!(out, "{answer}")
+            .and_then(|()| out.flush())
+            .map_err(CliError::Output)?;
+    }
 }
 
 async fn follow_job(

@@ -90,6 +90,10 @@ pub enum Command {
         /// mapping outlives its assignment)
         #[arg(long, requires = "write")]
         hold: bool,
+        /// Then unmap but keep the fd, and map it again for each line read on standard input,
+        /// printing what the kernel answered (shows whether an fd outlives its VF)
+        #[arg(long, conflicts_with = "hold")]
+        keep_fd: bool,
     },
     /// Load an application image into a slice
     Program {

@@ -32,6 +32,8 @@ pub enum CliError {
     MapTooSmall(u64),
     #[error("cannot write the output")]
     Output(#[source] std::io::Error),
+    #[error("cannot read standard input")]
+    Stdin(#[source] std::io::Error),
     /// `monitor`: the daemon is not (or no longer) on the bus.
     #[error("{0}")]
     DaemonGone(&'static str),
@@ -74,7 +76,7 @@ impl Failure {
             CliError::Map(_) | CliError::Window(_) | CliError::MapTooSmall(_) => {
                 return Some("map-test needs a mappable slice (a VF): see accelctl show".into())
             }
-            CliError::Output(_) | CliError::WriteFile { .. } => return None,
+            CliError::Output(_) | CliError::Stdin(_) | CliError::WriteFile { .. } => return None,
             CliError::DaemonGone(_) => return Some(BUS_HINT.into()),
         };
         match client {

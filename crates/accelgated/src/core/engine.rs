@@ -372,6 +372,21 @@ impl Engine {
                 )),
             ));
         };
+        // Only a VF whose mappings the daemon can end is handed out (docs/security.md,
+        // Revocation): the kernel ends no mapping of a VF's BAR when it is released, reset or
+        // even removed and created again, only when a driver claims the BAR.
+        if revoke_driver(&dev).is_none() {
+            return Err(self.deny_by_limit(
+                auth,
+                CoreError::Failed(format!(
+                    "{} cannot be mapped: the policy names no revoke_driver for {}'s VFs, so a \
+                     mapping could not be ended when the slice changes hands; use Read and \
+                     Write (docs/security.md, Revocation)",
+                    auth.target(),
+                    dev.policy.id
+                )),
+            ));
+        }
         // Under the busy lock: a hand-over (Release, Assign) binds a driver for a moment.
         let _busy = self.claim(auth.target(), auth)?;
         // A BAR a kernel driver owns cannot be mapped (CONFIG_IO_STRICT_DEVMEM): say so here
@@ -415,15 +430,18 @@ impl Engine {
             accelgate_policy::RoleDecision::Allow { .. }
         ) && slice.may_write(0, slice.size());
         // Recorded before the fd leaves: the slice goes to no other tenant until the mapping
-        // is revoked (see docs/security.md).
-        if let Some(t) = tenant {
-            self.update_state(|st| {
-                let entry = st.slice_mut(d, s);
-                entry.mapped_by = Some(t.clone());
-                entry.fd_handed_to = Some(t);
-            })
-            .await?;
-        }
+        // is revoked (see docs/security.md). A caller whose role maps slices it is not
+        // assigned is recorded by uid, so the slice's next tenant is protected from it too.
+        let holder = tenant.unwrap_or(Tenant::User {
+            uid: caller.uid,
+            name: String::new(),
+        });
+        self.update_state(|st| {
+            let entry = st.slice_mut(d, s);
+            entry.mapped_by = Some(holder.clone());
+            entry.fd_handed_to = Some(holder);
+        })
+        .await?;
         std::fs::OpenOptions::new()
             .read(true)
             .write(may_write)
@@ -490,8 +508,9 @@ impl Engine {
                         Err(CoreError::Busy(format!(
                             "{d}/{s} was mapped by its previous tenant and that mapping may still \
                              be alive; the policy names no revoke_driver for {d}'s VFs, so the \
-                             daemon cannot revoke it: recreate the device's VFs (SetVfCount to 0 \
-                             and back) once that tenant's processes are gone"
+                             daemon cannot revoke it, and nothing else ends it (not even \
+                             recreating the VFs): name one and reload the policy, then Release \
+                             or Assign revokes it (docs/security.md, Revocation)"
                         )))
                     }
                     Some(t) => Err(CoreError::Busy(format!(
@@ -924,14 +943,13 @@ impl Engine {
         }
         // VFs that go away lose their assignment; those that are recreated keep it. Removing
         // a VF does not revoke mappings of its BAR on a real kernel (a recreated VF at the same
-        // address is reached through them): with a revoke driver the mark stays, so the VF is
-        // revoked before it goes to another tenant; without one the mark goes, as documented.
-        let keep_marks = revoke_driver(&dev).is_some();
+        // address is reached through them): the mark stays, so the VF is revoked before it
+        // goes to another tenant.
         self.update_state(|st| {
             st.device_mut(&d).num_vfs = Some(count);
             for s in &disrupted {
                 let entry = st.slice_mut(&d, &s.id);
-                let mark = entry.mapped_by.take().filter(|_| keep_marks);
+                let mark = entry.mapped_by.take();
                 if vf_index(&s.id).is_some_and(|i| i >= count) {
                     *entry = Default::default();
                 }
@@ -1473,12 +1491,8 @@ impl Engine {
         });
         // The windows are unmapped when the last request holding them ends (no fault: the
         // kernel leaves a dead page behind a removed function's mapping).
-        let keep_marks = revoke_driver(&dev).is_some();
         drop(dev);
-        if let Err(e) = self
-            .update_state(|st| forget_hardware_state(st, &id, keep_marks))
-            .await
-        {
+        if let Err(e) = self.update_state(|st| forget_hardware_state(st, &id)).await {
             tracing::error!("{id}: {}", error_chain(&e));
         }
     }
@@ -1525,11 +1539,7 @@ impl Engine {
             }
         };
         // A function that comes (back) onto the bus is fresh hardware: nothing is loaded.
-        let keep_marks = revoke_driver(&dev).is_some();
-        if let Err(e) = self
-            .update_state(|st| forget_hardware_state(st, &id, keep_marks))
-            .await
-        {
+        if let Err(e) = self.update_state(|st| forget_hardware_state(st, &id)).await {
             tracing::error!("{id}: {}", error_chain(&e));
         }
         {
@@ -1707,11 +1717,10 @@ fn removed_error(id: &str, pci: &str) -> CoreError {
 }
 
 /// What a device's hardware held and loses when its function leaves or (re)joins the bus:
-/// loaded images and personality, and the record of a live mapping (a removed function's
-/// mappings reach only a dead page), unless the device has a revoke driver (`keep_marks`):
-/// then a VF at the same address later is revoked before anyone else gets it. Assignments
-/// and the wanted VF count stay.
-fn forget_hardware_state(st: &mut PersistentState, device: &str, keep_marks: bool) {
+/// loaded images and personality. Assignments, the wanted VF count and the record of a live
+/// mapping stay: the mapping reaches whatever function is later at the same address, so it
+/// is revoked before anyone else gets the slice.
+fn forget_hardware_state(st: &mut PersistentState, device: &str) {
     let prefix = format!("{device}/");
     for (_, slice) in st
         .slices
@@ -1722,9 +1731,6 @@ fn forget_hardware_state(st: &mut PersistentState, device: &str, keep_marks: boo
         slice.image_in_flux = false;
         // The function's files are gone, and with them what an fd of them could map.
         slice.fd_handed_to = None;
-        if !keep_marks {
-            slice.mapped_by = None;
-        }
     }
     let dev = st.device_mut(device);
     dev.personality_sha256 = None;
