@@ -105,15 +105,18 @@ fn removed_devices_leave_the_bus_fail_their_jobs_and_return_with_their_assignmen
         .rt
         .block_on(client.program("fpga0", "region0", &sealed))
         .unwrap();
+    // Uncached: a cached proxy learns of changes from signals that only a running executor
+    // reads, and this test's runtime runs only inside its `block_on`s, so the job's end could
+    // go unseen for as long as each Get was answered from the cache.
     let job_proxy = s.obs.rt.block_on(async {
-        zbus::Proxy::new(
-            &s.obs.conn,
-            BUS_NAME,
-            job.clone(),
-            "org.accelgate.Accel1.Job",
-        )
-        .await
-        .unwrap()
+        zbus::proxy::Builder::<zbus::Proxy>::new(&s.obs.conn)
+            .destination(BUS_NAME)
+            .path(job.clone())
+            .interface("org.accelgate.Accel1.Job")
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .unwrap()
     });
     let job_text = |name: &str| -> String {
         s.obs
