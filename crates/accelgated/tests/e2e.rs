@@ -875,6 +875,28 @@ fn map_is_refused_where_no_mapping_could_be_revoked() {
         .ok();
 }
 
+/// A caller whose role maps VFs it is not assigned (the admin here) gets an fd too, and that
+/// fd reaches whoever has the VF next: the mapping is marked by the caller's uid, so the VF's
+/// next tenant gets it only after the revocation and the VF's re-creation, as with a tenant's.
+#[test]
+fn an_unassigned_callers_mapping_keeps_the_vf_from_the_next_tenant() {
+    let s = Setup::new("map-unassigned");
+    s.ctl("ag-operator", &["vfs", "nic0", "2"]).ok();
+    s.ctl("ag-admin", &["map-test", "nic0/vf1"]).ok();
+    let busy = s
+        .ctl("ag-operator", &["assign", "nic0/vf1", "ag-tenant2"])
+        .fails_with("Busy");
+    assert!(
+        busy.stderr.contains("fd") && busy.stderr.contains("recreate"),
+        "{}",
+        busy.stderr
+    );
+    s.ctl("ag-operator", &["vfs", "nic0", "0"]).ok();
+    s.ctl("ag-operator", &["vfs", "nic0", "2"]).ok();
+    s.ctl("ag-operator", &["assign", "nic0/vf1", "ag-tenant2"])
+        .ok();
+}
+
 /// A mark outlives what does not revoke. A VF is mapped under a revoke driver; the admin then
 /// reloads a policy without one. Release cannot revoke, and neither recreating the VFs (on a
 /// real kernel the old mapping reaches the new VF) nor a restart of the daemon clears the
