@@ -15,11 +15,12 @@ use accelgated::sandbox::{
 };
 use caps::{CapSet, Capability};
 use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use nix::libc;
 use nix::sys::signal::Signal;
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::{fork, pipe, ForkResult};
+use nix::unistd::{fork, pipe2, ForkResult};
 
 /// fork() from a multi-threaded harness is only sound while no other test is forking.
 static FORK_LOCK: Mutex<()> = Mutex::new(());
@@ -29,7 +30,10 @@ fn in_child(body: impl FnOnce() -> Result<(), String>) -> (WaitStatus, String) {
     let _guard = FORK_LOCK
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let (read_end, write_end) = pipe().unwrap();
+    // Close-on-exec: a process another test spawns meanwhile (a dbus-daemon) must not inherit
+    // the write end, or the read below waits for that process's end instead of the child's.
+    // The forked child keeps it (fork copies every fd; only an exec closes these).
+    let (read_end, write_end) = pipe2(OFlag::O_CLOEXEC).unwrap();
     // SAFETY: the child only runs `body` and then _exit()s; glibc resets the allocator locks
     // in the child, and FORK_LOCK keeps other tests from forking concurrently.
     match unsafe { fork() }.unwrap() {
