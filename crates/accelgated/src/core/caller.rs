@@ -165,7 +165,7 @@ mod tests {
             panic!("this test needs root (it makes a process with mixed uids)");
         }
         let user = 41_999u32;
-        let (read_end, write_end) = nix::unistd::pipe().unwrap();
+        let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         // SAFETY: the child only calls async-signal-safe functions (setresuid, write, pause,
         // _exit) before it is killed.
         match unsafe { nix::unistd::fork() }.unwrap() {
