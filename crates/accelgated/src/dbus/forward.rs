@@ -87,7 +87,8 @@ async fn forward(ctx: &Arc<BusContext>, event: Event) {
         Event::SlicesAdded { device, slices } => {
             let server = ctx.conn.object_server();
             let mut added = Vec::new();
-            let mut exported = ctx.exported.lock().await;
+            let mut guard = ctx.exported.lock().await;
+            let exported = Arc::make_mut(&mut guard);
             for s in slices {
                 let path = slice_path(&device, &s);
                 let obj = SliceObject::new(ctx.clone(), &device, &s);
@@ -103,7 +104,7 @@ async fn forward(ctx: &Arc<BusContext>, event: Event) {
                     Err(e) => tracing::error!("cannot export {path}: {e}"),
                 }
             }
-            drop(exported);
+            drop(guard);
             for path in added {
                 announce_added(ctx, &path).await;
             }
@@ -111,7 +112,8 @@ async fn forward(ctx: &Arc<BusContext>, event: Event) {
         Event::SlicesRemoved { device, slices } => {
             let server = ctx.conn.object_server();
             let mut removed = Vec::new();
-            let mut exported = ctx.exported.lock().await;
+            let mut guard = ctx.exported.lock().await;
+            let exported = Arc::make_mut(&mut guard);
             for s in slices {
                 let path = slice_path(&device, &s);
                 if server.remove::<SliceObject, _>(path.as_str()).await.is_ok() {
@@ -119,7 +121,7 @@ async fn forward(ctx: &Arc<BusContext>, event: Event) {
                 }
                 exported.remove(&path);
             }
-            drop(exported);
+            drop(guard);
             for path in removed {
                 announce_removed(ctx, &path, <SliceObject as Interface>::name()).await;
             }
@@ -223,6 +225,7 @@ async fn export_all(ctx: &Arc<BusContext>, announce: Announce) {
         }
     }
     let mut exported = ctx.exported.lock().await;
+    let announced = announce == Announce::Yes;
     let mut removed = Vec::new();
     for path in exported.difference(&wanted) {
         let interface = if accelgate_proto::names::parse_slice_path(path).is_some() {
@@ -232,7 +235,7 @@ async fn export_all(ctx: &Arc<BusContext>, announce: Announce) {
             let gone = server.remove::<DeviceObject, _>(path.as_str()).await;
             gone.map(|_| <DeviceObject as Interface>::name())
         };
-        if let Ok(interface) = interface {
+        if let (Ok(interface), true) = (interface, announced) {
             removed.push((path.clone(), interface));
         }
     }
@@ -252,19 +255,22 @@ async fn export_all(ctx: &Arc<BusContext>, announce: Announce) {
             Ok(())
         };
         match result {
-            Ok(()) => added.push(path.clone()),
+            Ok(()) if announced => added.push(path.clone()),
+            Ok(()) => {}
             Err(e) => tracing::error!("cannot export {path}: {e}"),
         }
     }
-    *exported = wanted;
+    *exported = Arc::new(wanted);
     drop(exported);
-    if announce == Announce::Yes {
-        for (path, interface) in removed {
-            announce_removed(ctx, &path, interface).await;
-        }
-        for path in added {
-            announce_added(ctx, &path).await;
-        }
+    if !announced {
+        // Start-up: nobody is listening yet, for these or for PropertiesChanged.
+        return;
+    }
+    for (path, interface) in removed {
+        announce_removed(ctx, &path, interface).await;
+    }
+    for path in added {
+        announce_added(ctx, &path).await;
     }
     // A reload may have changed what devices report (policy-derived properties).
     for d in ctx.engine.devices().keys() {

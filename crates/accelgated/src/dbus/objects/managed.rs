@@ -18,7 +18,7 @@
 //! start-up 16k signals before the name is taken, when no client can be listening — and every
 //! later one twice.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write;
 use std::io::Cursor;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -64,7 +64,7 @@ impl ObjectManager {
 
     /// What is exported now.
     async fn snapshot(&self) -> ManagedObjects {
-        let paths = self.ctx.exported.lock().await.iter().cloned().collect();
+        let paths = self.ctx.exported.lock().await.clone();
         let jobs = self
             .ctx
             .exported_jobs
@@ -302,7 +302,7 @@ impl serde::Serialize for Managed {
 pub struct ManagedObjects {
     ctx: Arc<BusContext>,
     /// Device and slice object paths.
-    paths: Vec<String>,
+    paths: Arc<BTreeSet<String>>,
     jobs: Vec<u64>,
 }
 
@@ -316,7 +316,7 @@ impl Type for ManagedObjects {
 impl serde::Serialize for ManagedObjects {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(None)?;
-        for path in &self.paths {
+        for path in self.paths.iter() {
             let object = ObjectPath::try_from(path.as_str()).map_err(S::Error::custom)?;
             if let Some(managed) = Managed::at(&self.ctx, path) {
                 map.serialize_entry(&object, &managed)?;
