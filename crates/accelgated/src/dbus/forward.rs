@@ -325,7 +325,7 @@ async fn announce_added(ctx: &Arc<BusContext>, path: &str) {
 async fn announce(ctx: &BusContext, path: &str, object: &Managed) {
     let sent = match (root_emitter(ctx), ObjectPath::try_from(path)) {
         (Ok(emitter), Ok(path)) => ObjectManager::interfaces_added(&emitter, path, object).await,
-        (Err(e), _) | (_, Err(e)) => Err(e.into()),
+        (Err(e), _) | (_, Err(e)) => Err(e),
     };
     if let Err(e) = sent {
         tracing::warn!("cannot announce {path}: {e}");
@@ -338,7 +338,7 @@ async fn announce_removed(ctx: &BusContext, path: &str, interface: InterfaceName
         (Ok(emitter), Ok(path)) => {
             ObjectManager::interfaces_removed(&emitter, path, &[interface]).await
         }
-        (Err(e), _) | (_, Err(e)) => Err(e.into()),
+        (Err(e), _) | (_, Err(e)) => Err(e),
     };
     if let Err(e) = sent {
         tracing::warn!("cannot announce the removal of {path}: {e}");
