@@ -13,12 +13,11 @@ use std::sync::Arc;
 
 use accelgate_proto::names::{device_path, job_path, slice_path, ROOT_PATH};
 use tokio::sync::{mpsc, oneshot};
-
-use crate::core::{Event, EventSink, JobId};
-
 use zbus::names::InterfaceName;
 use zbus::object_server::{Interface, SignalEmitter};
 use zbus::ObjectPath;
+
+use crate::core::{Event, EventSink, JobId};
 
 use super::objects::{DeviceObject, JobObject, Managed, ManagerObject, ObjectManager, SliceObject};
 use super::BusContext;

@@ -88,6 +88,9 @@ impl ObjectManager {
                 "GetManagedObjects takes no arguments".into(),
             )));
         }
+        if hdr.primary().flags().contains(Flags::NO_REPLY_EXPECTED) {
+            return Ok(());
+        }
         let objects = self.snapshot().await;
         let guess = match self.last_reply.load(Ordering::Relaxed) {
             0 => (objects.paths.len() + objects.jobs.len()) * FIRST_GUESS_PER_OBJECT,
@@ -95,9 +98,6 @@ impl ObjectManager {
         };
         let (reply, body_len) = reply_message(&hdr, &objects, guess).map_err(failed)?;
         self.last_reply.store(body_len, Ordering::Relaxed);
-        if hdr.primary().flags().contains(Flags::NO_REPLY_EXPECTED) {
-            return Ok(());
-        }
         conn.send(&reply).await.map_err(failed)
     }
 
@@ -151,7 +151,6 @@ fn reply_message(
     let endian = head.data().context().endian();
     let mut bytes = Vec::with_capacity(offset + guess);
     bytes.extend_from_slice(&head.data()[..offset]);
-    bytes.resize(offset, 0);
     let mut cursor = Cursor::new(&mut bytes);
     cursor.set_position(offset as u64);
     // The body starts 8-aligned, so it is aligned alike when serialized from position 0.
