@@ -271,3 +271,234 @@ fn hotplug_of_an_address_outside_the_policy_changes_nothing() {
     assert_eq!(manager_devices(&s.obs), before);
     s.ctl("root", &["read", "fpga0/region0", "0x0"]).ok();
 }
+
+/// One `InterfacesAdded` or `InterfacesRemoved` seen on the bus, from whichever sender.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Announcement {
+    member: String,
+    sender: String,
+    emitted_at: String,
+    object: String,
+    interfaces: Vec<String>,
+}
+
+/// Every ObjectManager signal on the bus, whoever sends it (no sender in the match rule: the
+/// daemon's objects of start-up would be announced before it owns its name).
+fn all_announcements(obs: &Observer) -> zbus::MessageStream {
+    obs.rt.block_on(async {
+        let rule = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .interface("org.freedesktop.DBus.ObjectManager")
+            .build()
+            .unwrap();
+        zbus::MessageStream::for_match_rule(rule, &obs.conn, std::num::NonZeroUsize::new(100_000))
+            .await
+            .unwrap()
+    })
+}
+
+fn announcement(
+    msg: &zbus::Message,
+    props: &mut Vec<(
+        String,
+        std::collections::HashMap<String, zbus::OwnedVariant>,
+    )>,
+) -> Announcement {
+    let header = msg.header();
+    let member = header.member().unwrap().to_string();
+    let (object, interfaces) = if member == "InterfacesAdded" {
+        type Interfaces = std::collections::HashMap<
+            String,
+            std::collections::HashMap<String, zbus::OwnedVariant>,
+        >;
+        let (object, interfaces): (zbus::OwnedObjectPath, Interfaces) =
+            msg.body().deserialize().unwrap();
+        let mut names: Vec<String> = interfaces.keys().cloned().collect();
+        names.sort();
+        for (name, p) in interfaces {
+            props.push((format!("{} {name}", object.as_str()), p));
+        }
+        (object.to_string(), names)
+    } else {
+        let (object, interfaces): (zbus::OwnedObjectPath, Vec<String>) =
+            msg.body().deserialize().unwrap();
+        (object.to_string(), interfaces)
+    };
+    Announcement {
+        member,
+        sender: header.sender().map(|s| s.to_string()).unwrap_or_default(),
+        emitted_at: header.path().map(|p| p.to_string()).unwrap_or_default(),
+        object,
+        interfaces,
+    }
+}
+
+/// The signals of `stream` until `want` of them came (within 20 s) and then none for `quiet`:
+/// a duplicate arrives in that time, as the daemon sends them in one go.
+fn collect(
+    obs: &Observer,
+    stream: &mut zbus::MessageStream,
+    want: usize,
+    quiet: Duration,
+    props: &mut Vec<(
+        String,
+        std::collections::HashMap<String, zbus::OwnedVariant>,
+    )>,
+) -> Vec<Announcement> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let wait = if got.len() < want {
+            deadline.saturating_duration_since(Instant::now())
+        } else {
+            quiet
+        };
+        let next = std::future::poll_fn(|cx| std::pin::Pin::new(&mut *stream).poll_next(cx));
+        match obs
+            .rt
+            .block_on(async { tokio::time::timeout(wait, next).await })
+        {
+            Ok(Some(Ok(msg))) => got.push(announcement(&msg, props)),
+            Ok(Some(Err(e))) => panic!("signal stream: {e}"),
+            Ok(None) => panic!("signal stream ended"),
+            Err(_) => break,
+        }
+    }
+    got.sort();
+    got
+}
+
+/// What `collect` should find: `member` for each path of `objects` with `interface`, sent
+/// by the daemon from the root.
+fn expected(
+    daemon: &str,
+    member: &str,
+    interface_of: impl Fn(&str) -> &'static str,
+    objects: &[String],
+) -> Vec<Announcement> {
+    let mut want: Vec<Announcement> = objects
+        .iter()
+        .map(|o| Announcement {
+            member: member.into(),
+            sender: daemon.into(),
+            emitted_at: ROOT_PATH.into(),
+            object: o.clone(),
+            interfaces: vec![interface_of(o).into()],
+        })
+        .collect();
+    want.sort();
+    want
+}
+
+fn interface_of(path: &str) -> &'static str {
+    if path.contains("/slices/") {
+        "org.accelgate.Accel1.Slice"
+    } else if path.contains("/jobs/") {
+        "org.accelgate.Accel1.Job"
+    } else {
+        "org.accelgate.Accel1.Device"
+    }
+}
+
+/// Objects that come or go after start-up (a VF count change, a job, a device hot-removed and
+/// hot-added) are announced exactly once each, with their properties; the objects of start-up
+/// are announced by nothing (they are exported before the name is taken, when nobody can be
+/// listening). zbus's `object-manager` feature, enabled by any crate of the workspace (a
+/// dev-dependency too: its features reach the daemon built for these tests), would announce
+/// every object of start-up and every later one twice.
+#[test]
+fn objects_after_start_up_are_announced_exactly_once() {
+    ensure_users();
+    let dir = test_dir("announce");
+    let bus = TestBus::start(&dir);
+    let obs = Observer::connect(&bus.address);
+    let mut stream = all_announcements(&obs);
+    let daemon = TestDaemon::start(&bus, &dir, &repo_path("policy/simulated.toml"));
+    let owner = obs.rt.block_on(async {
+        let dbus = zbus::fdo::DBusProxy::new(&obs.conn).await.unwrap();
+        let name = zbus::names::BusName::try_from(BUS_NAME).unwrap();
+        dbus.get_name_owner(name).await.unwrap().to_string()
+    });
+    let quiet = Duration::from_millis(500);
+    let mut props = Vec::new();
+
+    let early = collect(&obs, &mut stream, 0, quiet, &mut props);
+    assert!(
+        early.is_empty(),
+        "the objects of start-up were announced (zbus's object-manager feature is on?): {early:?}"
+    );
+
+    // VFs: three come, then two go.
+    ctl(&bus.address, "root", &["vfs", "nic0", "3"]).ok();
+    let vfs: Vec<String> = (0..3)
+        .map(|i| slice_path("nic0", &format!("vf{i}")).to_string())
+        .collect();
+    let got = collect(&obs, &mut stream, 3, quiet, &mut props);
+    assert_eq!(got, expected(&owner, "InterfacesAdded", interface_of, &vfs));
+    // Each with every property of its interface, as GetManagedObjects has them.
+    let vf2 = props
+        .iter()
+        .find(|(k, _)| *k == format!("{} org.accelgate.Accel1.Slice", vfs[2]))
+        .map(|(_, p)| p)
+        .expect("vf2's properties");
+    let mut names: Vec<&str> = vf2.keys().map(String::as_str).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "Device",
+            "Id",
+            "ImageSha256",
+            "Kind",
+            "Mappable",
+            "Size",
+            "Tenant",
+            "Writable"
+        ]
+    );
+    let id = String::try_from(vf2["Id"].try_clone().unwrap()).unwrap();
+    assert_eq!(id, "vf2");
+    ctl(&bus.address, "root", &["vfs", "nic0", "1"]).ok();
+    let got = collect(&obs, &mut stream, 2, quiet, &mut props);
+    assert_eq!(
+        got,
+        expected(&owner, "InterfacesRemoved", interface_of, &vfs[1..])
+    );
+
+    // A job object.
+    let img = write_image(&dir, "img.bin", b"announced job");
+    let out = ctl(
+        &bus.address,
+        "root",
+        &["--json", "program", "fpga0/region0", img.to_str().unwrap()],
+    )
+    .ok();
+    let got = collect(&obs, &mut stream, 1, quiet, &mut props);
+    assert_eq!(got.len(), 1, "{got:?} ({})", out.json());
+    assert!(got[0].object.starts_with("/org/accelgate/Accel1/jobs/"));
+    assert_eq!(
+        got,
+        expected(
+            &owner,
+            "InterfacesAdded",
+            interface_of,
+            &[got[0].object.clone()]
+        )
+    );
+
+    // device_del, then device_add: the device and its VF leave, and return with its VF count.
+    let nic = [
+        device_path("nic0").to_string(),
+        slice_path("nic0", "vf0").to_string(),
+    ];
+    accelgate_sim::request_hotplug(&daemon.sim_dir, false, NIC_BDF).unwrap();
+    let got = collect(&obs, &mut stream, 2, quiet, &mut props);
+    assert_eq!(
+        got,
+        expected(&owner, "InterfacesRemoved", interface_of, &nic)
+    );
+    accelgate_sim::request_hotplug(&daemon.sim_dir, true, NIC_BDF).unwrap();
+    let got = collect(&obs, &mut stream, 2, quiet, &mut props);
+    assert_eq!(got, expected(&owner, "InterfacesAdded", interface_of, &nic));
+    drop(daemon);
+}

@@ -1,16 +1,25 @@
 //! From engine events to D-Bus: a queue the engine pushes into without blocking, and one task
 //! that works through it in order — exporting and removing objects, emitting
-//! `PropertiesChanged` and job signals.
+//! `PropertiesChanged`, `InterfacesAdded`/`InterfacesRemoved` and job signals.
+//!
+//! The objects of start-up are exported before the bus name is taken and announced by nothing:
+//! no client can be listening yet, and one that comes later asks `GetManagedObjects`. Every
+//! object added or removed after that (hotplug, a VF count change, a reload, a job) is
+//! announced once, from the root, right after the object server has it (or no longer has it),
+//! so a client that sees the signal can call the object.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use accelgate_proto::names::{device_path, job_path, slice_path, ROOT_PATH};
 use tokio::sync::{mpsc, oneshot};
+use zbus::names::InterfaceName;
+use zbus::object_server::{Interface, SignalEmitter};
+use zbus::ObjectPath;
 
 use crate::core::{Event, EventSink, JobId};
 
-use super::objects::{DeviceObject, JobObject, ManagerObject, ObjectManager, SliceObject};
+use super::objects::{DeviceObject, JobObject, Managed, ManagerObject, ObjectManager, SliceObject};
 use super::BusContext;
 
 enum Item {
@@ -54,7 +63,7 @@ impl EventSink for BusEvents {
 impl Forwarder {
     /// Puts every object on the bus, then forwards events until the queue closes.
     pub async fn run(mut self, ctx: Arc<BusContext>) {
-        export_all(&ctx).await;
+        export_all(&ctx, Announce::No).await;
         while let Some(item) = self.items.recv().await {
             match item {
                 Item::Event(event) => {
@@ -76,29 +85,51 @@ async fn forward(ctx: &Arc<BusContext>, event: Event) {
         Event::DeviceChanged { device } => device_changed(ctx, &device).await,
         Event::SlicesAdded { device, slices } => {
             let server = ctx.conn.object_server();
-            let mut exported = ctx.exported.lock().await;
+            let mut added = Vec::new();
+            let mut guard = ctx.exported.lock().await;
+            let exported = Arc::make_mut(&mut guard);
             for s in slices {
                 let path = slice_path(&device, &s);
                 let obj = SliceObject::new(ctx.clone(), &device, &s);
-                if server.at(path.as_str(), obj).await.is_ok() {
-                    exported.insert(path);
+                match server.at(path.as_str(), obj).await {
+                    Ok(None) => {
+                        exported.insert(path.clone());
+                        added.push(path);
+                    }
+                    // Already there: nothing new to announce.
+                    Ok(Some(_)) => {
+                        exported.insert(path);
+                    }
+                    Err(e) => tracing::error!("cannot export {path}: {e}"),
                 }
+            }
+            drop(guard);
+            for path in added {
+                announce_added(ctx, &path).await;
             }
         }
         Event::SlicesRemoved { device, slices } => {
             let server = ctx.conn.object_server();
-            let mut exported = ctx.exported.lock().await;
+            let mut removed = Vec::new();
+            let mut guard = ctx.exported.lock().await;
+            let exported = Arc::make_mut(&mut guard);
             for s in slices {
                 let path = slice_path(&device, &s);
-                let _ = server.remove::<SliceObject, _>(path.as_str()).await;
+                if server.remove::<SliceObject, _>(path.as_str()).await.is_ok() {
+                    removed.push(path.clone());
+                }
                 exported.remove(&path);
+            }
+            drop(guard);
+            for path in removed {
+                announce_removed(ctx, &path, <SliceObject as Interface>::name()).await;
             }
         }
         Event::DevicePresence { .. } | Event::PolicyReloaded { .. } => {
             // The devices and slices are exported or removed (InterfacesAdded/Removed) and the
             // Manager's properties follow: Devices, and after a reload PolicyRevision.
             let reloaded = matches!(event, Event::PolicyReloaded { .. });
-            export_all(ctx).await;
+            export_all(ctx, Announce::Yes).await;
             if let Ok(iface) = ctx
                 .conn
                 .object_server()
@@ -116,8 +147,11 @@ async fn forward(ctx: &Arc<BusContext>, event: Event) {
             let path = job_path(id.0);
             let obj = JobObject::new(ctx.clone(), id);
             match ctx.conn.object_server().at(path.as_str(), obj).await {
-                Ok(_) => {
+                Ok(added) => {
                     ctx.exported_jobs.lock().await.insert(id.0);
+                    if added.is_none() {
+                        announce(ctx, &path, &Managed::Job(JobObject::new(ctx.clone(), id))).await;
+                    }
                 }
                 Err(e) => tracing::error!("cannot export job {id}: {e}"),
             }
@@ -147,11 +181,11 @@ async fn forward(ctx: &Arc<BusContext>, event: Event) {
         }
         Event::JobRemoved(id) => {
             ctx.exported_jobs.lock().await.remove(&id.0);
-            let _ = ctx
-                .conn
-                .object_server()
-                .remove::<JobObject, _>(job_path(id.0).as_str())
-                .await;
+            let path = job_path(id.0);
+            let server = ctx.conn.object_server();
+            if server.remove::<JobObject, _>(path.as_str()).await.is_ok() {
+                announce_removed(ctx, &path, <JobObject as Interface>::name()).await;
+            }
         }
     }
 }
@@ -167,15 +201,20 @@ async fn job_iface(
         .ok()
 }
 
+/// Whether [`export_all`] announces what it adds and removes: not at start-up (the name is not
+/// taken yet), always afterwards.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Announce {
+    No,
+    Yes,
+}
+
 /// Puts the Manager, ObjectManager, and every device and slice object on the bus, and takes
 /// off those that no longer exist. Safe to call again after any change of the model.
-async fn export_all(ctx: &Arc<BusContext>) {
+async fn export_all(ctx: &Arc<BusContext>, announce: Announce) {
     let server = ctx.conn.object_server();
     let _ = server.at(ROOT_PATH, ManagerObject::new(ctx.clone())).await;
-    // The ObjectManager (ours: its GetManagedObjects writes the reply as it walks the objects)
-    // goes in before the objects it manages: added after them, zbus would build every object's
-    // properties into one map at once to announce them; added first, each object is announced
-    // as it is added.
+    // Ours: its GetManagedObjects writes the reply as it walks the objects.
     let _ = server.at(ROOT_PATH, ObjectManager::new(ctx.clone())).await;
     let mut wanted = BTreeSet::new();
     for (d, dev) in ctx.engine.devices() {
@@ -185,13 +224,21 @@ async fn export_all(ctx: &Arc<BusContext>) {
         }
     }
     let mut exported = ctx.exported.lock().await;
+    let announced = announce == Announce::Yes;
+    let mut removed = Vec::new();
     for path in exported.difference(&wanted) {
-        if accelgate_proto::names::parse_slice_path(path).is_some() {
-            let _ = server.remove::<SliceObject, _>(path.as_str()).await;
+        let interface = if accelgate_proto::names::parse_slice_path(path).is_some() {
+            let gone = server.remove::<SliceObject, _>(path.as_str()).await;
+            gone.map(|_| <SliceObject as Interface>::name())
         } else {
-            let _ = server.remove::<DeviceObject, _>(path.as_str()).await;
+            let gone = server.remove::<DeviceObject, _>(path.as_str()).await;
+            gone.map(|_| <DeviceObject as Interface>::name())
+        };
+        if let (Ok(interface), true) = (interface, announced) {
+            removed.push((path.clone(), interface));
         }
     }
+    let mut added = Vec::new();
     for path in wanted.difference(&exported) {
         let result = if let Some((d, s)) = accelgate_proto::names::parse_slice_path(path) {
             server
@@ -206,12 +253,24 @@ async fn export_all(ctx: &Arc<BusContext>) {
         } else {
             Ok(())
         };
-        if let Err(e) = result {
-            tracing::error!("cannot export {path}: {e}");
+        match result {
+            Ok(()) if announced => added.push(path.clone()),
+            Ok(()) => {}
+            Err(e) => tracing::error!("cannot export {path}: {e}"),
         }
     }
-    *exported = wanted;
+    *exported = Arc::new(wanted);
     drop(exported);
+    if !announced {
+        // Start-up: nobody is listening yet, for these or for PropertiesChanged.
+        return;
+    }
+    for (path, interface) in removed {
+        announce_removed(ctx, &path, interface).await;
+    }
+    for path in added {
+        announce_added(ctx, &path).await;
+    }
     // A reload may have changed what devices report (policy-derived properties).
     for d in ctx.engine.devices().keys() {
         device_changed(ctx, d).await;
@@ -252,4 +311,39 @@ async fn device_changed(ctx: &BusContext, d: &str) {
         let _ = obj.firmware_last_result_changed(e).await;
         let _ = obj.kind_changed(e).await;
     }
+}
+
+/// `InterfacesAdded` for the device or slice object at `path`, just exported.
+async fn announce_added(ctx: &Arc<BusContext>, path: &str) {
+    if let Some(object) = Managed::at(ctx, path) {
+        announce(ctx, path, &object).await;
+    }
+}
+
+/// `InterfacesAdded` from the root for `object`, on the bus at `path`.
+async fn announce(ctx: &BusContext, path: &str, object: &Managed) {
+    let sent = match (root_emitter(ctx), ObjectPath::try_from(path)) {
+        (Ok(emitter), Ok(path)) => ObjectManager::interfaces_added(&emitter, path, object).await,
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    };
+    if let Err(e) = sent {
+        tracing::warn!("cannot announce {path}: {e}");
+    }
+}
+
+/// `InterfacesRemoved` from the root for the object that was at `path`.
+async fn announce_removed(ctx: &BusContext, path: &str, interface: InterfaceName<'static>) {
+    let sent = match (root_emitter(ctx), ObjectPath::try_from(path)) {
+        (Ok(emitter), Ok(path)) => {
+            ObjectManager::interfaces_removed(&emitter, path, &[interface]).await
+        }
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    };
+    if let Err(e) = sent {
+        tracing::warn!("cannot announce the removal of {path}: {e}");
+    }
+}
+
+fn root_emitter(ctx: &BusContext) -> zbus::Result<SignalEmitter<'static>> {
+    SignalEmitter::new(&ctx.conn, ROOT_PATH)
 }

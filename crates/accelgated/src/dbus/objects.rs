@@ -16,7 +16,7 @@ use super::BusContext;
 use crate::core::{JobId, Target};
 
 mod managed;
-pub use managed::ObjectManager;
+pub use managed::{Managed, ObjectManager};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
