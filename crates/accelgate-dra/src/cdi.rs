@@ -25,7 +25,8 @@ pub const KIND: &str = "accelgate.org/slice";
 /// Failures making or removing a spec.
 #[derive(Debug, thiserror::Error)]
 pub enum CdiError {
-    #[error("CDI spec for claim {claim} is not valid")]
+    // The reason is in the message too: the kubelet gets only the message.
+    #[error("CDI spec for claim {claim} is not valid: {source}")]
     Invalid {
         claim: String,
         #[source]
