@@ -1,18 +1,23 @@
-//! CDI specs: one file per prepared claim, one CDI device per slice, checked with the
-//! `container-device-interface` crate before it is put in place.
+//! CDI specs: one file per prepared claim, one CDI device per slice, checked by [`spec`]
+//! before it is put in place.
 //!
 //! `cdiVersion` is the lowest version the spec's features need, so that older runtimes load it
-//! too (podman 4.3 in Debian 12 reads up to 0.5.0): the crate computes it from the spec. What
-//! we use needs 0.3.0 (env, bind mounts without a `type`, device nodes by path only), except
-//! that a device name that does not begin with a letter needs 0.5.0 — a claim uid may begin
-//! with a digit.
+//! too (podman 4.3 in Debian 12 reads up to 0.5.0). What we write needs 0.3.0 (env, bind mounts
+//! without a `type`, device nodes by path only), except that a device name that does not begin
+//! with a letter needs 0.5.0 — a claim uid may begin with a digit.
+//!
+//! The check is our own, written from the CDI specification, not the
+//! `container-device-interface` crate: that crate always builds a JSON-schema validator with an
+//! HTTP client and a TLS stack compiled from C, about half of this plugin's build, to check a
+//! file we write ourselves.
+
+pub mod spec;
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use container_device_interface::specs::config::Spec as CdiSpec;
-use serde_json::{json, Value};
+use spec::{ContainerEdits, Device, DeviceNode, Mount, Spec, SpecError};
 
 /// Vendor and class of every device we write: CDI ids are `accelgate.org/slice=<name>`.
 pub const KIND: &str = "accelgate.org/slice";
@@ -20,8 +25,13 @@ pub const KIND: &str = "accelgate.org/slice";
 /// Failures making or removing a spec.
 #[derive(Debug, thiserror::Error)]
 pub enum CdiError {
-    #[error("CDI spec for claim {claim} is not valid: {reason}")]
-    Invalid { claim: String, reason: String },
+    // The reason is in the message too: the kubelet gets only the message.
+    #[error("CDI spec for claim {claim} is not valid: {source}")]
+    Invalid {
+        claim: String,
+        #[source]
+        source: SpecError,
+    },
     #[error("cannot write CDI spec {}", path.display())]
     Write {
         path: PathBuf,
@@ -64,67 +74,52 @@ pub fn qualified(name: &str) -> String {
     format!("{KIND}={name}")
 }
 
-/// Builds the spec of a claim with the lowest `cdiVersion` it needs, validated.
+/// Builds the spec of a claim with the lowest `cdiVersion` it needs, checked.
 pub fn build_spec(
     claim_uid: &str,
     bus: &BusMount,
     slices: &[SliceEdits],
-) -> Result<Value, CdiError> {
-    let invalid = |reason: String| CdiError::Invalid {
-        claim: claim_uid.to_owned(),
-        reason,
-    };
+) -> Result<Spec, CdiError> {
     let bus_address = format!("unix:path={}", bus.container_socket.display());
-    let devices: Vec<Value> = slices
+    let devices = slices
         .iter()
-        .map(|s| {
-            let mut edits = json!({
-                "env": [
+        .map(|s| Device {
+            name: s.name.clone(),
+            container_edits: ContainerEdits {
+                env: vec![
                     format!("ACCELGATE_BUS={bus_address}"),
                     format!("ACCELGATE_SLICE={}", s.slice),
                 ],
-                "mounts": [{
-                    "hostPath": bus.host_socket.display().to_string(),
-                    "containerPath": bus.container_socket.display().to_string(),
-                    "options": ["bind"],
+                mounts: vec![Mount {
+                    host_path: bus.host_socket.display().to_string(),
+                    container_path: bus.container_socket.display().to_string(),
+                    options: vec!["bind".into()],
                 }],
-            });
-            if !s.vfio_nodes.is_empty() {
-                edits["deviceNodes"] = s.vfio_nodes.iter().map(|p| json!({ "path": p })).collect();
-            }
-            json!({ "name": s.name, "containerEdits": edits })
+                device_nodes: s
+                    .vfio_nodes
+                    .iter()
+                    .map(|p| DeviceNode { path: p.clone() })
+                    .collect(),
+            },
         })
         .collect();
-    let mut spec = json!({
-        "cdiVersion": container_device_interface::specs::config::CURRENT_VERSION,
-        "kind": KIND,
-        "devices": devices,
-    });
-    let parsed: CdiSpec =
-        serde_json::from_value(spec.clone()).map_err(|e| invalid(e.to_string()))?;
-    let lowest = container_device_interface::version::minimum_required_version(&parsed)
-        .map_err(|e| invalid(format!("{e:#}")))?;
-    spec["cdiVersion"] = Value::String(lowest.to_string());
-    validate(&spec).map_err(invalid)?;
+    let mut spec = Spec {
+        cdi_version: String::new(),
+        kind: KIND.to_owned(),
+        devices,
+        container_edits: ContainerEdits::default(),
+    };
+    spec.cdi_version = spec.minimum_version().to_owned();
+    spec.check().map_err(|source| CdiError::Invalid {
+        claim: claim_uid.to_owned(),
+        source,
+    })?;
     Ok(spec)
-}
-
-/// Checks a spec as a runtime would load it: the JSON schema, the version against the features
-/// used, vendor, class and device names, and every container edit.
-pub fn validate(spec: &Value) -> Result<(), String> {
-    let parsed: CdiSpec = serde_json::from_value(spec.clone()).map_err(|e| e.to_string())?;
-    container_device_interface::spec::new_spec(
-        &parsed,
-        &PathBuf::from("/var/run/cdi/check.json"),
-        0,
-    )
-    .map(|_| ())
-    .map_err(|e| format!("{e:#}"))
 }
 
 /// Writes the spec so that a runtime never sees half a file: a temporary name the runtimes do
 /// not load, flushed, then renamed into place.
-pub fn write_spec(dir: &Path, claim_uid: &str, spec: &Value) -> Result<PathBuf, CdiError> {
+pub fn write_spec(dir: &Path, claim_uid: &str, spec: &Spec) -> Result<PathBuf, CdiError> {
     let path = spec_path(dir, claim_uid);
     let tmp = dir.join(format!(".accelgate-{claim_uid}.tmp"));
     let write_err = |source| CdiError::Write {
@@ -172,29 +167,64 @@ mod tests {
     #[test]
     fn lowest_version_follows_the_features() {
         let spec = build_spec("a1b2", &bus(), &[edits("a1b2-fpga0-region0", &[])]).unwrap();
-        assert_eq!(spec["cdiVersion"], "0.3.0");
+        assert_eq!(spec.cdi_version, "0.3.0");
         // A name beginning with a digit is a 0.5.0 feature.
         let spec = build_spec("1b2c", &bus(), &[edits("1b2c-fpga0-region0", &[])]).unwrap();
-        assert_eq!(spec["cdiVersion"], "0.5.0");
+        assert_eq!(spec.cdi_version, "0.5.0");
         let spec = build_spec(
             "c3",
             &bus(),
             &[edits("c3-nic0-vf0", &["/dev/vfio/vfio", "/dev/vfio/42"])],
         )
         .unwrap();
-        assert_eq!(spec["cdiVersion"], "0.3.0");
+        assert_eq!(spec.cdi_version, "0.3.0");
         assert_eq!(
-            spec["devices"][0]["containerEdits"]["deviceNodes"][1]["path"],
+            spec.devices[0].container_edits.device_nodes[1].path,
             "/dev/vfio/42"
         );
+        // What is written reads back as the same spec.
+        let text = serde_json::to_vec(&spec).unwrap();
+        assert_eq!(Spec::from_json(&text).unwrap(), spec);
     }
 
     #[test]
     fn invalid_specs_are_refused() {
-        assert!(build_spec("x", &bus(), &[edits("bad/name", &[])]).is_err());
+        let err = build_spec("x", &bus(), &[edits("bad/name", &[])]).unwrap_err();
         assert!(
-            build_spec("x", &bus(), &[]).is_err(),
-            "a spec needs a device"
+            matches!(
+                &err,
+                CdiError::Invalid {
+                    source: SpecError::DeviceName { .. },
+                    ..
+                }
+            ),
+            "{err:?}"
         );
+        assert!(matches!(
+            build_spec("x", &bus(), &[]),
+            Err(CdiError::Invalid {
+                source: SpecError::NoDevices,
+                ..
+            })
+        ));
+        let relative = BusMount {
+            host_socket: "/run/dbus/system_bus_socket".into(),
+            container_socket: "run/bus".into(),
+        };
+        assert!(matches!(
+            build_spec("x", &relative, &[edits("x-a", &[])]),
+            Err(CdiError::Invalid {
+                source: SpecError::RelativePath { .. },
+                ..
+            })
+        ));
+        let twice = [edits("x-a", &[]), edits("x-a", &[])];
+        assert!(matches!(
+            build_spec("x", &bus(), &twice),
+            Err(CdiError::Invalid {
+                source: SpecError::DuplicateDevice(_),
+                ..
+            })
+        ));
     }
 }

@@ -266,7 +266,8 @@ async fn unprepare(dra: &tonic::transport::Channel, c: Claim) -> String {
 }
 
 /// Resolves a fully qualified CDI id against the spec files in `dir` as a runtime would:
-/// the file whose kind matches, validated by the container-device-interface crate, and the
+/// the file whose kind matches, checked as a CDI spec (the plugin's own check, written from the
+/// CDI specification; podman_applies is the real consumer's check), and the
 /// device of that name in it. Returns the device's containerEdits.
 fn resolve_cdi(dir: &Path, id: &str) -> (String, Value) {
     let (kind, name) = id.split_once('=').expect("qualified CDI id");
@@ -279,10 +280,8 @@ fn resolve_cdi(dir: &Path, id: &str) -> (String, Value) {
         if spec["kind"] != kind {
             continue;
         }
-        let raw: container_device_interface::specs::config::Spec =
-            serde_json::from_value(spec.clone()).unwrap();
-        container_device_interface::spec::new_spec(&raw, &path, 0)
-            .unwrap_or_else(|e| panic!("{} is not a valid CDI spec: {e:#}", path.display()));
+        accelgate_dra::cdi::spec::Spec::from_json(&fs::read(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{} is not a valid CDI spec: {e}", path.display()));
         for d in spec["devices"].as_array().unwrap() {
             if d["name"] == name {
                 return (
