@@ -84,24 +84,17 @@ async fn forward(ctx: &Arc<BusContext>, event: Event) {
         Event::SliceChanged { device, slice } => slice_changed(ctx, &device, &slice).await,
         Event::DeviceChanged { device } => device_changed(ctx, &device).await,
         Event::SlicesAdded { device, slices } => {
-            let server = ctx.conn.object_server();
             let mut added = Vec::new();
             let mut guard = ctx.exported.lock().await;
             let exported = Arc::make_mut(&mut guard);
             for s in slices {
                 let path = slice_path(&device, &s);
-                let obj = SliceObject::new(ctx.clone(), &device, &s);
-                match server.at(path.as_str(), obj).await {
-                    Ok(None) => {
-                        exported.insert(path.clone());
-                        added.push(path);
-                    }
-                    // Already there: nothing new to announce.
-                    Ok(Some(_)) => {
-                        exported.insert(path);
-                    }
-                    Err(e) => tracing::error!("cannot export {path}: {e}"),
+                match export_path(ctx, &path).await {
+                    Some(true) => added.push(path.clone()),
+                    Some(false) => {}
+                    None => continue,
                 }
+                exported.insert(path);
             }
             drop(guard);
             for path in added {
@@ -109,20 +102,19 @@ async fn forward(ctx: &Arc<BusContext>, event: Event) {
             }
         }
         Event::SlicesRemoved { device, slices } => {
-            let server = ctx.conn.object_server();
             let mut removed = Vec::new();
             let mut guard = ctx.exported.lock().await;
             let exported = Arc::make_mut(&mut guard);
             for s in slices {
                 let path = slice_path(&device, &s);
-                if server.remove::<SliceObject, _>(path.as_str()).await.is_ok() {
-                    removed.push(path.clone());
+                if let Some(interface) = unexport_path(ctx, &path).await {
+                    removed.push((path.clone(), interface));
                 }
                 exported.remove(&path);
             }
             drop(guard);
-            for path in removed {
-                announce_removed(ctx, &path, <SliceObject as Interface>::name()).await;
+            for (path, interface) in removed {
+                announce_removed(ctx, &path, interface).await;
             }
         }
         Event::DevicePresence { .. } | Event::PolicyReloaded { .. } => {
@@ -227,36 +219,14 @@ async fn export_all(ctx: &Arc<BusContext>, announce: Announce) {
     let announced = announce == Announce::Yes;
     let mut removed = Vec::new();
     for path in exported.difference(&wanted) {
-        let interface = if accelgate_proto::names::parse_slice_path(path).is_some() {
-            let gone = server.remove::<SliceObject, _>(path.as_str()).await;
-            gone.map(|_| <SliceObject as Interface>::name())
-        } else {
-            let gone = server.remove::<DeviceObject, _>(path.as_str()).await;
-            gone.map(|_| <DeviceObject as Interface>::name())
-        };
-        if let (Ok(interface), true) = (interface, announced) {
+        if let (Some(interface), true) = (unexport_path(ctx, path).await, announced) {
             removed.push((path.clone(), interface));
         }
     }
     let mut added = Vec::new();
     for path in wanted.difference(&exported) {
-        let result = if let Some((d, s)) = accelgate_proto::names::parse_slice_path(path) {
-            server
-                .at(path.as_str(), SliceObject::new(ctx.clone(), d, s))
-                .await
-                .map(|_| ())
-        } else if let Some(d) = accelgate_proto::names::parse_device_path(path) {
-            server
-                .at(path.as_str(), DeviceObject::new(ctx.clone(), d))
-                .await
-                .map(|_| ())
-        } else {
-            Ok(())
-        };
-        match result {
-            Ok(()) if announced => added.push(path.clone()),
-            Ok(()) => {}
-            Err(e) => tracing::error!("cannot export {path}: {e}"),
+        if export_path(ctx, path).await == Some(true) && announced {
+            added.push(path.clone());
         }
     }
     *exported = Arc::new(wanted);
@@ -274,6 +244,36 @@ async fn export_all(ctx: &Arc<BusContext>, announce: Announce) {
     // A reload may have changed what devices report (policy-derived properties).
     for d in ctx.engine.devices().keys() {
         device_changed(ctx, d).await;
+    }
+}
+
+/// Puts the device or slice object named by `path` on the bus: `Some(true)` if it is new there,
+/// `Some(false)` if it was there already, `None` if it cannot be (logged).
+async fn export_path(ctx: &Arc<BusContext>, path: &str) -> Option<bool> {
+    let server = ctx.conn.object_server();
+    let result = if let Some((d, s)) = accelgate_proto::names::parse_slice_path(path) {
+        let obj = SliceObject::new(ctx.clone(), d, s);
+        server.at(path, obj).await.map(|old| old.is_none())
+    } else if let Some(d) = accelgate_proto::names::parse_device_path(path) {
+        let obj = DeviceObject::new(ctx.clone(), d);
+        server.at(path, obj).await.map(|old| old.is_none())
+    } else {
+        return None;
+    };
+    result
+        .map_err(|e| tracing::error!("cannot export {path}: {e}"))
+        .ok()
+}
+
+/// Takes the device or slice object at `path` off the bus: its interface, if it was there.
+async fn unexport_path(ctx: &BusContext, path: &str) -> Option<InterfaceName<'static>> {
+    let server = ctx.conn.object_server();
+    if accelgate_proto::names::parse_slice_path(path).is_some() {
+        let gone = server.remove::<SliceObject, _>(path).await.ok();
+        gone.map(|_| <SliceObject as Interface>::name())
+    } else {
+        let gone = server.remove::<DeviceObject, _>(path).await.ok();
+        gone.map(|_| <DeviceObject as Interface>::name())
     }
 }
 
