@@ -52,6 +52,9 @@ pub struct ObjectManager {
     ctx: Arc<BusContext>,
     /// The body length of the last reply: the next one is about as long.
     last_reply: AtomicUsize,
+    /// Held while a reply is written and sent: one reply buffer at a time, however many
+    /// callers ask at once (each is several MB on a large host).
+    replying: tokio::sync::Mutex<()>,
 }
 
 impl ObjectManager {
@@ -59,6 +62,7 @@ impl ObjectManager {
         ObjectManager {
             ctx,
             last_reply: AtomicUsize::new(0),
+            replying: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -91,12 +95,20 @@ impl ObjectManager {
         if hdr.primary().flags().contains(Flags::NO_REPLY_EXPECTED) {
             return Ok(());
         }
+        let _one_at_a_time = self.replying.lock().await;
         let objects = self.snapshot().await;
         let guess = match self.last_reply.load(Ordering::Relaxed) {
             0 => (objects.paths.len() + objects.jobs.len()) * FIRST_GUESS_PER_OBJECT,
             last => last + last / 8,
         };
-        let (reply, body_len) = reply_message(&hdr, &objects, guess).map_err(failed)?;
+        // Writing every object's properties takes a large host's reply ~200 ms: on a blocking
+        // thread, so the runtime's threads go on serving other callers meanwhile.
+        let call = call.clone();
+        let (reply, body_len) =
+            tokio::task::spawn_blocking(move || reply_message(&call.header(), &objects, guess))
+                .await
+                .map_err(|e| -> BoxDBusError { Box::new(fdo::Error::Failed(e.to_string())) })?
+                .map_err(failed)?;
         self.last_reply.store(body_len, Ordering::Relaxed);
         conn.send(&reply).await.map_err(failed)
     }
